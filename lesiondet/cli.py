@@ -1,0 +1,336 @@
+"""``lesiondet`` command line: a thin layer over the Python API.
+
+Every user-fixable problem surfaces as one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from .errors import LesiondetError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be above 0")
+    return v
+
+
+def _fraction(s: str) -> float:
+    v = _positive_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"{v} must be below 1")
+    return v
+
+
+def _score(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 1")
+    return v
+
+
+# --------------------------------------------------------------------------- train
+def cmd_train(a: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .config import load_config, merge
+    from .data import split_records
+    from .device import distributed, resolve_device
+    from .fileio import next_run_dir
+    from .labels import LabelMap, load_label_map
+    from .model import load_checkpoint
+    from .train import train
+    from .voc import present_labels, read_voc_dir
+
+    resume_ck = None
+    if a.resume:
+        resume_ck = load_checkpoint(a.resume)
+        if "optimizer" not in resume_ck:
+            raise LesiondetError(a.resume, "this checkpoint cannot be resumed (no optimizer state)",
+                                 "resume from last.pt, not best.pt")
+        cfg = resume_ck["config"]
+        label_map = LabelMap.from_dict({**resume_ck["label_map"], "default_aliases": False}, str(a.resume))
+        data = cfg["data"]
+        if a.epochs:
+            cfg["train"]["epochs"] = a.epochs
+    else:
+        cfg = load_config(a.config)
+        over = {k: v for k, v in {"epochs": a.epochs, "batch": a.batch, "lr": a.lr, "workers": a.workers}.items()
+                if v is not None}
+        cfg = merge(cfg, {"train": over})
+        if a.pretrained:
+            cfg = merge(cfg, {"model": {"pretrained": a.pretrained}})
+        if not a.voc:
+            raise LesiondetError(None, "no training data given", "pass --voc DIR (a labelImg folder)")
+        labels_path = a.labels or (cfg.pop("labels", None) if isinstance(cfg.get("labels"), str) else None)
+        data = {"voc": str(a.voc), "val": a.val and str(a.val), "val_split": a.val_split,
+                "images": a.images and str(a.images), "labels": labels_path}
+        cfg["data"] = data
+        label_map = load_label_map(labels_path)
+
+    records = read_voc_dir(data["voc"], label_map, data["images"])
+    if data["val"]:
+        train_records, val_records = records, read_voc_dir(data["val"], label_map, data["images"])
+    else:
+        if len(records) < 2:
+            raise LesiondetError(data["voc"], "only one annotated image; cannot hold some back for validation",
+                                 "add images or pass --val DIR")
+        train_records, val_records = split_records(records, data["val_split"], seed=cfg["train"]["seed"])
+    if resume_ck is None and not a.labels and not data.get("labels"):
+        label_map = label_map.restrict(present_labels(records) | present_labels(val_records))
+    _check_images(train_records + val_records)
+
+    device = resolve_device(a.device)
+    if resume_ck is not None:
+        out = Path(a.resume).parent
+    elif distributed():
+        from .device import init_distributed
+
+        rank, _, device = init_distributed(device)
+        holder = [str(next_run_dir(Path(a.out).parent, Path(a.out).name)) if rank == 0 else None]
+        dist.broadcast_object_list(holder, src=0)
+        out = Path(holder[0])
+    else:
+        out = next_run_dir(Path(a.out).parent, Path(a.out).name)
+    counts = Counter(o.label for r in train_records for o in r.objects)
+    _say(f"training on {len(train_records)} images ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+         f"validating on {len(val_records)}; classes {list(label_map.classes)}; device {device}; run folder {out}")
+    summary = train(train_records, val_records, label_map, cfg, out, device, resume=a.resume,
+                    time_limit_min=a.time_limit, log=_say)
+    _say(f"done: {summary['epochs_done']} epoch(s), best val mAP50 {max(summary['best_fitness'], 0):.3f}; "
+         f"weights {out / 'best.pt'}, curves {out / 'curves.png'}")
+    return 0
+
+
+def _check_images(records) -> None:
+    """Open every image header before training starts, so a bad file fails now, not in hour three."""
+    from .voc import _image_size
+
+    for r in records:
+        w, h = _image_size(r.image_path)
+        if (w, h) != (r.width, r.height):
+            from .errors import ImageError
+
+            raise ImageError(r.image_path, f"image is {w}x{h} but {r.xml_path} says {r.width}x{r.height}",
+                             "fix <size> in the XML or re-annotate the image")
+
+
+# --------------------------------------------------------------------------- detect
+def _collect_images(inputs: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise LesiondetError(p, "no images (.jpg, .png, .tif, .bmp) in this folder", "point at image files")
+            paths += found
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise LesiondetError(p, "image not found", "check the path")
+    return paths
+
+
+def cmd_detect(a: argparse.Namespace) -> int:
+    from .fileio import next_run_dir, write_json
+    from .images import read_rgb
+    from .infer import Predictor
+    from .report import detections_json, draw, write_png
+    from .voc import write_voc
+    from tqdm import tqdm
+
+    images = _collect_images(a.images)
+    predictor = Predictor(a.weights, a.device, a.score)
+    out = Path(a.out)
+    if a.exist_ok:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out = next_run_dir(out.parent, out.name)
+    if a.grade:
+        _say("--grade: the DR grader is not part of this version yet; detections are reported without a grade")
+    classes = predictor.classes
+    header = f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)
+    rows, failures = [header], []
+    for path in tqdm(images, desc="detect", disable=len(images) < 2, leave=False):
+        try:
+            img = read_rgb(path)
+            rec = predictor.predict_array(img, path)
+        except LesiondetError as e:
+            failures.append(str(e))
+            continue
+        write_png(out / f"{path.stem}.png", draw(img, rec))
+        write_json(out / f"{path.stem}.json", detections_json(rec))
+        write_voc(rec, out / f"{path.stem}.xml")
+        n = Counter(o.label for o in rec.objects)
+        rows.append(f"{path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes))
+    print("\n".join(rows))
+    _say(f"results in {out} (annotated .png, .json, labelImg .xml with <score>; score >= {a.score})")
+    if failures:
+        from .fileio import write_text
+
+        write_text(out / "failures.txt", "\n".join(failures) + "\n")
+        for f in failures:
+            print(f"lesiondet: error: {f}", file=sys.stderr)
+        _say(f"{len(failures)} of {len(images)} image(s) failed; list in {out / 'failures.txt'}")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .evaluate import coco_map, format_table, json_safe
+    from .fileio import write_json
+    from .labels import LabelMap, load_label_map
+    from .voc import present_labels, read_voc_dir
+
+    if not a.map:
+        raise LesiondetError(None, "no metric chosen", "pass --map")
+    if a.weights:
+        from .device import resolve_device
+        from .infer import predict_records
+        from .model import detector_from_checkpoint, load_checkpoint
+
+        ck = load_checkpoint(a.weights)
+        model, classes = detector_from_checkpoint(ck, a.weights)
+        label_map = (load_label_map(a.labels) if a.labels
+                     else LabelMap.from_dict({**ck["label_map"], "default_aliases": True}, str(a.weights)))
+        gt = read_voc_dir(a.voc, label_map, a.images)
+        device = resolve_device(a.device)
+        model.to(device)
+        preds = predict_records(model, gt, classes, device, score=a.score)
+    else:
+        label_map = load_label_map(a.labels)
+        gt = read_voc_dir(a.voc, label_map, a.images)
+        preds = read_voc_dir(a.pred, label_map, need_image=False)
+        classes = list(label_map.classes) if a.labels else \
+            [c for c in label_map.classes if c in present_labels(gt) | present_labels(preds)]
+    result = coco_map(gt, preds, classes)
+    print(format_table(result))
+    print(f"{len(gt)} images, {result['n_pred']} detections; mAP@[.5:.95] {result['mAP']:.4f}  "
+          f"AP50 {result['mAP50']:.4f}  (pycocotools, maxDets 1000)")
+    if a.json:
+        write_json(a.json, json_safe(result))
+        _say(f"wrote {a.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------- synth
+def cmd_synth(a: argparse.Namespace) -> int:
+    from .synth import write_sample
+
+    out = write_sample(a.out, a.n_train, a.n_val, a.n_test, a.size, a.seed)
+    _say(f"wrote a synthetic labelImg dataset to {out} (train/, val/, test/)")
+    return 0
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lesiondet", description="Retinal lesion detection (Faster R-CNN) from labelImg VOC data.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"lesiondet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a detector on a labelImg VOC folder")
+    t.add_argument("--voc", help="folder of labelImg .xml (or its parent holding Annotations/)")
+    t.add_argument("--images", help="folder of the images, if not next to the XML or in ../JPEGImages")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--val", help="validation folder (labelImg VOC)")
+    g.add_argument("--val-split", type=_fraction, default=0.2, help="share of --voc held out (default 0.2)")
+    t.add_argument("--labels", help="label map YAML (default: canonical classes found in the data)")
+    t.add_argument("--config", help="training preset YAML (configs/models/*.yaml)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--workers", type=int, help="data-loader processes")
+    t.add_argument("--pretrained", choices=("imagenet", "torchvision", "none"),
+                   help="backbone weights: imagenet (offline EfficientNet-Lite0), torchvision (hub cache), none")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--time-limit", type=_positive_float, metavar="MINUTES",
+                   help="stop cleanly after this many minutes, keeping best.pt")
+    t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
+    t.add_argument("--out", default="runs/train", help="run folder; numbered if it exists (default runs/train)")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("detect", help="detect lesions in images")
+    d.add_argument("images", nargs="+", help="image files or folders")
+    d.add_argument("--weights", required=True, help="best.pt from 'lesiondet train'")
+    d.add_argument("--score", type=_score, default=0.3, help="minimum score (default 0.3)")
+    d.add_argument("--out", default="runs/detect", help="output folder; numbered if it exists")
+    d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--grade", action="store_true", help="grade DR severity from the detections")
+    d.set_defaults(func=cmd_detect)
+
+    e = sub.add_parser("eval", help="score detections against labelImg ground truth")
+    e.add_argument("--map", action="store_true", help="COCO mAP@[.5:.95], AP50 and per-class AP (pycocotools)")
+    e.add_argument("--voc", required=True, help="ground-truth labelImg folder")
+    e.add_argument("--images", help="image folder, if not next to the XML or in ../JPEGImages")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="checkpoint to run on the ground-truth images")
+    src.add_argument("--pred", help="folder of predicted VOC XML (optional <score>), matched by file stem")
+    e.add_argument("--labels", help="label map YAML")
+    e.add_argument("--score", type=_score, default=0.01, help="minimum score kept with --weights (default 0.01)")
+    e.add_argument("--json", help="write the figures to this JSON file")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("synth", help="write the synthetic sample dataset")
+    s.add_argument("out")
+    s.add_argument("--n-train", type=_positive_int, default=24)
+    s.add_argument("--n-val", type=_positive_int, default=6)
+    s.add_argument("--n-test", type=_positive_int, default=6)
+    s.add_argument("--size", type=_positive_int, default=512)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LesiondetError as e:
+        print(f"lesiondet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lesiondet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

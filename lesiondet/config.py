@@ -1,0 +1,56 @@
+"""Training presets: YAML with ``model:``, ``train:`` and ``augment:`` sections over defaults."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import LesiondetError
+
+DEFAULT_TRAIN: dict[str, Any] = {
+    "epochs": 20,
+    "batch": 2,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "warmup_iters": 100,
+    "clip_grad": 10.0,
+    "workers": 2,
+    "amp": True,
+    "use_difficult": False,
+    "seed": 0,
+    "val_score": 0.01,  # keep low-score detections for mAP; the curve needs them
+}
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Recursive dict update that returns a new dict."""
+    out = copy.deepcopy(dict(base))
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def load_config(path: str | Path | None) -> dict[str, Any]:
+    """``{"model": {...}, "train": {...}, "augment": {...}}`` with defaults filled in."""
+    cfg: dict[str, Any] = {"model": {}, "train": dict(DEFAULT_TRAIN), "augment": {}}
+    if path is None:
+        return cfg
+    p = Path(path)
+    if not p.is_file():
+        raise LesiondetError(p, "config not found", "pass a YAML file such as configs/models/cpu-fast.yaml")
+    try:
+        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LesiondetError(p, f"not valid YAML ({str(e).splitlines()[0]})", "fix the file") from None
+    if not isinstance(user, dict):
+        raise LesiondetError(p, "expected a mapping with model:/train:/augment:", "see configs/models/")
+    unknown = set(user) - {"model", "train", "augment", "labels"}
+    if unknown:
+        raise LesiondetError(p, f"unknown section(s) {sorted(unknown)}", "use model:, train:, augment:, labels:")
+    bad = set(user.get("train") or {}) - set(DEFAULT_TRAIN)
+    if bad:
+        raise LesiondetError(p, f"unknown train option(s) {sorted(bad)}", f"valid: {', '.join(DEFAULT_TRAIN)}")
+    return merge(cfg, user)

@@ -1,0 +1,51 @@
+"""Reading images: one place that turns any file into RGB uint8 or a clear error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+#: Decompression-bomb guard off: 8000x8000 fundus mosaics are legitimate.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def read_rgb(path: str | Path, allow_16bit: bool = False) -> np.ndarray:
+    """Decode ``path`` to an ``H×W×3`` uint8 RGB array.
+
+    Greyscale is replicated to three channels, alpha is dropped, CMYK and palette
+    images are converted. 16-bit images are refused unless ``allow_16bit`` (then
+    scaled to 8 bits), because silently rescaling a fundus photograph changes
+    what the detector sees. Truncated or corrupt files raise ``ImageError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(path, "image not found", "check the path")
+    if path.stat().st_size == 0:
+        raise ImageError(path, "image file is empty (0 bytes)", "replace it with the original image")
+    try:
+        with Image.open(path) as im:
+            im.load()  # forces a full decode so truncated files fail here
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                if not allow_16bit:
+                    raise ImageError(path, f"{mode} image (16-bit) is not supported",
+                                     "convert it to 8-bit RGB (e.g. PNG/JPEG) first")
+                arr = np.asarray(im, dtype=np.float32)
+                hi = float(arr.max()) or 1.0
+                arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            if mode == "RGB":
+                return np.asarray(im).copy()
+            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                return np.asarray(im.convert("RGBA").convert("RGB")).copy()
+            if mode == "F":
+                raise ImageError(path, "floating-point image is not supported", "convert it to 8-bit RGB first")
+            return np.asarray(im.convert("RGB")).copy()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        why = "not a readable image" if isinstance(e, UnidentifiedImageError) else "truncated or corrupt"
+        raise ImageError(path, f"{why} ({str(e)[:80]})", "replace it with a valid JPEG or PNG") from None

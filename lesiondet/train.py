@@ -1,0 +1,214 @@
+"""The training loop, in the spirit of torchvision's ``references/detection``.
+
+SGD with warm-up and a cosine schedule, gradient clipping, AMP on CUDA, DDP
+under ``torchrun``, validation mAP after every epoch, and atomic ``last.pt`` /
+``best.pt`` in the run folder together with ``metrics.csv`` and ``curves.png``.
+``last.pt`` holds everything needed to resume: optimizer, scheduler, scaler,
+epoch, RNG states and the metric history.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from . import __version__
+from .config import DEFAULT_TRAIN
+from .data import DetectionDataset, collate, train_transforms
+from .device import init_distributed
+from .evaluate import coco_map
+from .fileio import save_torch
+from .infer import predict_records
+from .labels import LabelMap
+from .model import CHECKPOINT_FORMAT, build_detector, resolve_arch
+from .report import plot_curves, write_metrics_csv
+from .voc import VocRecord
+
+
+def fitness(metrics: dict) -> float:
+    """What 'best' means: validation mAP50 (IoU 0.5 suits boxes a few pixels wide)."""
+    v = metrics.get("mAP50", float("nan"))
+    return -1.0 if v is None or math.isnan(v) else float(v)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(it: int) -> float:
+        if it < warmup:
+            return 0.001 + (1 - 0.001) * it / warmup
+        progress = (it - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * 0.99 + 0.01
+    return f
+
+
+def evaluate_model(model: torch.nn.Module, records: Sequence[VocRecord], classes: Sequence[str],
+                   device: torch.device, score: float = 0.01) -> dict:
+    preds = predict_records(model, records, classes, device, score=score)
+    return coco_map(records, preds, classes)
+
+
+def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], label_map: LabelMap,
+          cfg: dict[str, Any], out_dir: str | Path, device: torch.device, *, resume: str | Path | None = None,
+          time_limit_min: float | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train a detector; returns a summary with the run folder, best fitness and epochs done.
+
+    ``out_dir`` must exist (the CLI makes a fresh numbered one). With ``resume``,
+    training continues from that ``last.pt`` with the state it saved.
+    """
+    tcfg = {**DEFAULT_TRAIN, **cfg.get("train", {})}
+    arch = resolve_arch(cfg.get("model"))
+    rank, world, device = init_distributed(device)
+    main = rank == 0
+    out_dir = Path(out_dir)
+    _seed(int(tcfg["seed"]) + rank)
+
+    classes = list(label_map.classes)
+    model = build_detector(len(classes) + 1, arch, load_pretrained=resume is None).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
+
+    ds = DetectionDataset(train_records, label_map, train_transforms(cfg.get("augment")), tcfg["use_difficult"])
+    sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=tcfg["seed"]) if world > 1 else None
+    gen = torch.Generator().manual_seed(int(tcfg["seed"]))
+    loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=sampler is None, sampler=sampler,
+                        num_workers=tcfg["workers"], collate_fn=collate, worker_init_fn=_seed_worker,
+                        generator=gen, persistent_workers=tcfg["workers"] > 0, drop_last=len(ds) > tcfg["batch"])
+    epochs = int(tcfg["epochs"])
+    total_iters = epochs * max(1, len(loader))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(tcfg["warmup_iters"], total_iters // 2 or 1),
+                                                              total_iters))
+    use_amp = bool(tcfg["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best, history = 0, -math.inf, []
+    if resume is not None:
+        from .model import load_checkpoint
+
+        ck = load_checkpoint(str(resume))
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start_epoch, best, history = ck["epoch"] + 1, ck["best_fitness"], list(ck["history"])
+        gen.set_state(ck["loader_generator"])
+        _set_rng_state(ck["rng"])
+        if main:
+            log(f"resumed from {resume} at epoch {start_epoch + 1}/{epochs}")
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    meta = {"format": CHECKPOINT_FORMAT, "lesiondet_version": __version__, "classes": classes,
+            "label_map": label_map.to_dict(), "arch": arch, "config": cfg}
+    t_start = time.monotonic()
+    budget = None if time_limit_min is None else time_limit_min * 60.0
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        ddp_model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not main, leave=False, dynamic_ncols=True)
+        for images, targets in bar:
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                losses = ddp_model(images, targets)
+                loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; "
+                                         "lower train.lr in the config")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tcfg["clip_grad"]:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, tcfg["clip_grad"])
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            n += 1
+            for k, v in {"loss": loss, **losses}.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
+            if budget is not None and _should_stop(time.monotonic() - t_start > budget, world, device):
+                stopped_early = True
+                break
+        bar.close()
+
+        if main:
+            metrics = evaluate_model(model, val_records, classes, device, tcfg["val_score"])
+            row = {"epoch": epoch + 1, "time_s": round(time.monotonic() - t_start, 1),
+                   "lr": opt.param_groups[0]["lr"], **{k: v / max(1, n) for k, v in sums.items()},
+                   "val_mAP": metrics["mAP"], "val_mAP50": metrics["mAP50"],
+                   **{f"val_AP50_{c}": m["AP50"] for c, m in metrics["per_class"].items()}}
+            history.append(row)
+            fit = fitness(metrics)
+            is_best = fit > best
+            best = max(best, fit)
+            state = {**meta, "model": model.state_dict(), "epoch": epoch, "metrics": metrics,
+                     "best_fitness": best}
+            if is_best:
+                save_torch(out_dir / "best.pt", state)
+            save_torch(out_dir / "last.pt", {
+                **state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "loader_generator": gen.get_state(),
+                "history": history, "stopped_early": stopped_early})
+            write_metrics_csv(out_dir / "metrics.csv", history)
+            plot_curves(out_dir / "curves.png", history)
+            log(f"epoch {epoch + 1}/{epochs}  loss {row.get('loss', float('nan')):.3f}  "
+                f"val mAP {metrics['mAP']:.3f}  mAP50 {metrics['mAP50']:.3f}" + ("  *best*" if is_best else ""))
+        if world > 1:
+            torch.distributed.barrier()
+        if stopped_early:
+            if main:
+                log(f"time limit of {time_limit_min:g} min reached after epoch {epoch + 1}; "
+                    f"best.pt and last.pt are in {out_dir}")
+            break
+    return {"out_dir": str(out_dir), "best_fitness": best, "epochs_done": epoch + 1,
+            "stopped_early": stopped_early, "history": history}
+
+
+def _should_stop(local: bool, world: int, device: torch.device) -> bool:
+    """Every rank stops together, or DDP would hang waiting for the one that stopped."""
+    if world == 1:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())

@@ -1,0 +1,93 @@
+"""Shared fixtures: small VOC folders written on the fly, the shared real data, a tiny trained model."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "annotations" / "sample"
+
+
+def write_xml(path: Path, filename: str = "img.jpg", size=(64, 48), objects=(), extra: str = "") -> Path:
+    """labelImg-style XML; ``objects`` are (name, xmin, ymin, xmax, ymax[, difficult]) in VOC pixels."""
+    objs = ""
+    for o in objects:
+        name, x0, y0, x1, y1 = o[:5]
+        diff = o[5] if len(o) > 5 else 0
+        objs += (f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                 f"<difficult>{diff}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                 f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+    w, h = size
+    path.write_text(f"<annotation><folder>x</folder><filename>{filename}</filename>{extra}"
+                    f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+                    f"<segmented>0</segmented>{objs}</annotation>")
+    return path
+
+
+def write_image(path: Path, size=(64, 48)) -> Path:
+    w, h = size
+    img = np.full((h, w, 3), 120, np.uint8)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+@pytest.fixture
+def voc_dir(tmp_path: Path):
+    """Factory: a folder with one image and its XML; returns the XML path."""
+    def make(objects=(), size=(64, 48), extra: str = "", name: str = "img") -> Path:
+        write_image(tmp_path / f"{name}.jpg", size)
+        return write_xml(tmp_path / f"{name}.xml", f"{name}.jpg", size, objects, extra)
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "fundus").is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory) -> Path:
+    """A 256-px synthetic set: 6 train, 2 val, 2 test images."""
+    from lesiondet.synth import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("tiny") / "sample", 6, 2, 2, size=256, seed=7)
+
+
+TINY_CONFIG = """
+model:
+  min_size: 256
+  max_size: 256
+  fpn_channels: 64
+  anchor_sizes: [[4, 8], [16, 32], [48, 64], [96, 128]]
+train:
+  epochs: 1
+  batch: 2
+  workers: 0
+  warmup_iters: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    p.write_text(TINY_CONFIG)
+    return p
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_sample: Path, tiny_config: Path, tmp_path_factory) -> Path:
+    """One short training run through the CLI; returns the run folder."""
+    from lesiondet.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "train"
+    rc = main(["train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"),
+               "--config", str(tiny_config), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    return out

@@ -1,0 +1,165 @@
+"""The command line end to end: train → detect → eval, resume, and one-line errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lesiondet.cli import main
+
+from .conftest import ROOT, write_image, write_xml
+
+
+def test_train_writes_a_complete_run_folder(trained_run: Path):
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+        assert (trained_run / name).is_file(), name
+    ck = torch.load(trained_run / "best.pt", weights_only=False)
+    assert ck["classes"] == ["MA", "HE", "EX", "OD"] and ck["arch"]["min_size"] == 256
+    header = (trained_run / "metrics.csv").read_text().splitlines()[0]
+    assert "val_mAP50" in header and "loss_classifier" in header
+    assert not list(trained_run.glob("*.tmp"))
+
+
+def test_a_second_run_gets_a_new_numbered_folder(trained_run: Path, tiny_sample, tiny_config):
+    rc = main(["train", "--voc", str(tiny_sample / "train"), "--val-split", "0.3", "--config", str(tiny_config),
+               "--out", str(trained_run), "--time-limit", "0.01"])
+    assert rc == 0
+    second = trained_run.parent / (trained_run.name + "2")
+    assert (second / "best.pt").is_file()
+    assert torch.load(second / "last.pt", weights_only=False)["stopped_early"] is True
+
+
+def test_detect_writes_png_json_and_labelimg_xml(trained_run, tiny_sample, tmp_path, capsys):
+    img = next((tiny_sample / "test" / "JPEGImages").iterdir())
+    rc = main(["detect", str(img), "--weights", str(trained_run / "best.pt"), "--score", "0.05",
+               "--out", str(tmp_path / "det"), "--grade"])
+    assert rc == 0
+    out = tmp_path / "det"
+    assert (out / f"{img.stem}.png").is_file()
+    doc = json.loads((out / f"{img.stem}.json").read_text())
+    assert set(doc) >= {"image", "counts", "detections"}
+    assert all(0.05 <= d["score"] <= 1 for d in doc["detections"])
+    from lesiondet.labels import default_label_map
+    from lesiondet.voc import parse_voc
+
+    rec = parse_voc(out / f"{img.stem}.xml", default_label_map(), images_dir=img.parent)
+    assert len(rec.objects) == len(doc["detections"])
+    printed = capsys.readouterr()
+    assert img.name in printed.out and "grader is not part of this version" in printed.err
+
+
+def test_detect_does_not_overwrite_an_existing_output_folder(trained_run, tiny_sample, tmp_path):
+    img = next((tiny_sample / "test" / "JPEGImages").iterdir())
+    for _ in range(2):
+        assert main(["detect", str(img), "--weights", str(trained_run / "best.pt"), "--out", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d2" / f"{img.stem}.json").is_file()
+
+
+def test_eval_with_weights_and_with_prediction_folder_agree(trained_run, tiny_sample, tmp_path):
+    gt = tiny_sample / "test"
+    assert main(["eval", "--map", "--voc", str(gt), "--weights", str(trained_run / "best.pt"),
+                 "--json", str(tmp_path / "w.json")]) == 0
+    doc = json.loads((tmp_path / "w.json").read_text())
+    assert set(doc) >= {"mAP", "mAP50", "per_class"} and set(doc["per_class"]["MA"]) >= {"AP", "AP50"}
+    # the same detections written as VOC and scored from the folder
+    assert main(["detect", str(gt / "JPEGImages"), "--weights", str(trained_run / "best.pt"), "--score", "0.01",
+                 "--out", str(tmp_path / "pred"), "--exist-ok"]) == 0
+    assert main(["eval", "--map", "--voc", str(gt), "--pred", str(tmp_path / "pred"),
+                 "--labels", str(ROOT / "configs/datasets/sample.yaml"), "--json", str(tmp_path / "p.json")]) == 0
+    doc2 = json.loads((tmp_path / "p.json").read_text())
+    assert doc2["mAP50"] == pytest.approx(doc["mAP50"], abs=0.02)  # scores rounded to 4 places, boxes to pixels
+
+
+def test_eval_of_ground_truth_against_itself_is_one(tiny_sample, tmp_path):
+    gt = str(tiny_sample / "test")
+    assert main(["eval", "--map", "--voc", gt, "--pred", gt, "--json", str(tmp_path / "g.json")]) == 0
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert doc["mAP"] == 1.0 and doc["mAP50"] == 1.0
+
+
+def test_resume_continues_from_last_pt(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2"]) == 0
+    ck = torch.load(run / "last.pt", weights_only=False)
+    assert ck["epoch"] == 1 and [r["epoch"] for r in ck["history"]] == [1, 2]
+
+
+# ------------------------------------------------------------------ bad input → one line, non-zero, no traceback
+def _bad_voc(tmp_path: Path, **kw) -> Path:
+    d = tmp_path / "bad"
+    d.mkdir(exist_ok=True)
+    write_image(d / "a.jpg")
+    write_image(d / "b.jpg")
+    write_xml(d / "b.xml", "b.jpg", objects=[("MA", 1, 1, 4, 4)])
+    write_xml(d / "a.xml", "a.jpg", **kw)
+    return d
+
+
+@pytest.mark.parametrize("case", ["unknown_label", "outside", "zero_size", "malformed", "missing_image", "empty"])
+def test_train_rejects_bad_data_in_one_line(tmp_path, capsys, case):
+    if case == "unknown_label":
+        d = _bad_voc(tmp_path, objects=[("tumour", 1, 1, 4, 4)])
+    elif case == "outside":
+        d = _bad_voc(tmp_path, objects=[("MA", 60, 1, 90, 4)])
+    elif case == "zero_size":
+        d = _bad_voc(tmp_path, objects=[("MA", 5, 5, 4, 9)])
+    elif case == "malformed":
+        d = _bad_voc(tmp_path)
+        (d / "a.xml").write_text("<annotation><object>")
+    elif case == "missing_image":
+        d = _bad_voc(tmp_path)
+        (d / "a.jpg").unlink()
+    else:
+        d = tmp_path / "empty"
+        d.mkdir()
+    out = tmp_path / "runs" / "x"
+    rc = main(["train", "--voc", str(d), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("lesiondet: error: ") and str(d) in err[0]
+    assert not out.exists()  # nothing half-written
+
+
+def test_detect_with_mismatched_or_corrupt_weights_fails_cleanly(tmp_path, capsys, trained_run):
+    img = write_image(tmp_path / "a.jpg")
+    ck = torch.load(trained_run / "best.pt", weights_only=False)
+    ck["classes"] = ck["classes"] + ["SE"]  # architecture no longer matches the tensors
+    torch.save(ck, tmp_path / "other.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 100)
+    for w, needle in (("other.pt", "do not match"), ("corrupt.pt", "cannot read"), ("nope.pt", "not found")):
+        rc = main(["detect", str(img), "--weights", str(tmp_path / w), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0] and w in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_detect_on_a_folder_keeps_going_past_a_bad_image(tmp_path, trained_run, capsys):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    write_image(d / "good.jpg", (128, 128))
+    (d / "broken.jpg").write_bytes(b"garbage")
+    rc = main(["detect", str(d), "--weights", str(trained_run / "best.pt"), "--out", str(tmp_path / "o")])
+    assert rc == 1
+    assert (tmp_path / "o" / "good.json").is_file() and not (tmp_path / "o" / "broken.json").exists()
+    assert "broken.jpg" in (tmp_path / "o" / "failures.txt").read_text()
+
+
+def test_non_numeric_option_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--voc", "x", "--epochs", "ten"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'ten' is not a whole number" in err[0]
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lesiondet", "eval", "--map", "--voc", str(tmp_path / "none"),
+                        "--pred", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"lesiondet: error: {tmp_path / 'none'}: folder not found; " \
+                               "pass the folder that holds the labelImg .xml files"

@@ -1,0 +1,68 @@
+"""The detector builder and the offline ImageNet backbone."""
+import pytest
+import torch
+
+from lesiondet import backbones
+from lesiondet.errors import LesiondetError
+from lesiondet.model import build_detector
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    return build_detector(4, {"min_size": 128, "max_size": 128, "fpn_channels": 32}, load_pretrained=False)
+
+
+def test_detector_is_sized_for_lesions(detector):
+    assert detector.roi_heads.detections_per_img >= 1000
+    sizes = detector.rpn.anchor_generator.sizes
+    assert min(min(s) for s in sizes) <= 8 and max(max(s) for s in sizes) >= 256
+    assert detector.roi_heads.box_predictor.cls_score.out_features == 4
+
+
+def test_detector_trains_on_a_negative_and_a_positive_image(detector):
+    detector.train()
+    targets = [{"boxes": torch.tensor([[10.0, 10, 14, 14]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = detector([torch.rand(3, 128, 128), torch.rand(3, 128, 128)], targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_backbone_batch_norm_is_frozen_and_early_blocks_too():
+    bb = backbones.lite0_fpn(pretrained=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
+    assert not any(p.requires_grad for p in bb.body.stem.parameters())
+    assert not any(p.requires_grad for p in bb.body.blocks[2].parameters())
+    assert all(p.requires_grad for p in bb.body.blocks[3].parameters())
+
+
+def test_offline_imagenet_weights_load_and_classify_a_cat():
+    from skimage import data
+    import torch.nn.functional as F
+
+    model = backbones.efficientnet_lite0(pretrained=True).eval()
+    img = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float()[None] / 255
+    img = F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        top3 = model((img - mean[:, None, None]) / std[:, None, None]).topk(3).indices[0].tolist()
+    assert any(281 <= k <= 285 for k in top3), top3
+
+
+def test_uncached_torchvision_weights_give_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(LesiondetError, match="not in the cache"):
+        build_detector(3, {"backbone": "mobilenet_v3_large", "pretrained": "torchvision",
+                           "anchor_sizes": [[16, 32], [64, 128], [256, 512]]})
+
+
+def test_torchvision_backbone_is_selectable_without_weights():
+    m = build_detector(3, {"backbone": "mobilenet_v3_large", "pretrained": "none",
+                           "anchor_sizes": [[16, 32], [64, 128], [256, 512]]})
+    assert m.roi_heads.detections_per_img == 1000
+
+
+def test_unknown_model_option_is_an_error():
+    with pytest.raises(LesiondetError, match="unknown model option"):
+        build_detector(3, {"anchor_size": [[8]]})

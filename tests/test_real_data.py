@@ -1,0 +1,35 @@
+"""Every shared real annotation reads with its dataset config, and scores 1.0 against itself."""
+from pathlib import Path
+
+import pytest
+
+from lesiondet.evaluate import coco_map
+from lesiondet.labels import load_label_map
+from lesiondet.voc import read_voc_dir
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
+
+
+@pytest.mark.parametrize("name,n_images,classes", [
+    ("codras", 484, ("OD", "EX", "HE_MA")),
+    ("heimed", 136, ("EX", "MA", "HE", "SE")),
+    ("idrid", 15, ("MA", "HE", "EX", "SE", "OD")),
+])
+def test_shared_dataset_reads_and_scores_perfectly_against_itself(shared_data, name, n_images, classes):
+    lm = load_label_map(CONFIGS / f"{name}.yaml")
+    assert lm.classes == classes
+    recs = read_voc_dir(shared_data / "fundus" / name, lm)
+    assert len(recs) == n_images
+    assert all(r.image_path.is_file() for r in recs)
+    assert all(0 <= o.box[0] < o.box[2] <= r.width and 0 <= o.box[1] < o.box[3] <= r.height
+               for r in recs for o in r.objects)
+    result = coco_map(recs, recs, list(classes))
+    assert result["mAP"] == pytest.approx(1.0) and result["mAP50"] == pytest.approx(1.0)
+    for c in classes:
+        if result["per_class"][c]["n_gt"]:
+            assert result["per_class"][c]["AP"] == pytest.approx(1.0), c
+
+
+def test_heimed_negatives_are_kept(shared_data):
+    recs = read_voc_dir(shared_data / "fundus" / "heimed", load_label_map(CONFIGS / "heimed.yaml"))
+    assert sum(1 for r in recs if not r.objects) == 87
