@@ -177,11 +177,14 @@ def cmd_detect(a: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     else:
         out = next_run_dir(out.parent, out.name)
-    if a.grade:
-        _say("--grade: the DR grader is not part of this version yet; detections are reported without a grade")
     classes = predictor.classes
+    if a.grade:
+        from .grade import GradingConfig, grade
+        from .fundus import fov_mask
+
+        gcfg = GradingConfig.load(a.grading)
     header = f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)
-    rows, failures = [header], []
+    rows, failures, graded = [header], [], []
     for path in tqdm(images, desc="detect", disable=len(images) < 2, leave=False):
         try:
             img = read_rgb(path)
@@ -189,12 +192,27 @@ def cmd_detect(a: argparse.Namespace) -> int:
         except LesiondetError as e:
             failures.append(str(e))
             continue
-        write_png(out / f"{path.stem}.png", draw(img, rec))
-        write_json(out / f"{path.stem}.json", detections_json(rec))
-        write_voc(rec, out / f"{path.stem}.xml")
+        doc = detections_json(rec)
         n = Counter(o.label for o in rec.objects)
-        rows.append(f"{path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes))
+        row = f"{path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes)
+        if a.grade:
+            g = grade(rec, config=gcfg, fov_area_px=float(fov_mask(img).sum()))
+            doc["grade"] = g.to_dict()
+            row += f"  grade {g.grade} ({g.grade_name})" + ("  DME?" if g.dme_suspect else "")
+            graded.append((path.name, g))
+        write_png(out / f"{path.stem}.png", draw(img, rec))
+        write_json(out / f"{path.stem}.json", doc)
+        write_voc(rec, out / f"{path.stem}.xml")
+        rows.append(row)
     print("\n".join(rows))
+    for name, g in graded:
+        print(f"{name}: grade {g.grade} – {g.grade_name}")
+        for r in g.reasons:
+            print(f"  - {r}")
+    if graded:
+        from .grade import PDR_SENTENCE
+
+        print(f"Note: {PDR_SENTENCE}")
     _say(f"results in {out} (annotated .png, .json, labelImg .xml with <score>; score >= {a.score})")
     if failures:
         from .fileio import write_text
@@ -241,6 +259,87 @@ def cmd_eval(a: argparse.Namespace) -> int:
           f"AP50 {result['mAP50']:.4f}  (pycocotools, maxDets 1000)")
     if a.json:
         write_json(a.json, json_safe(result))
+        _say(f"wrote {a.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------- grade
+def cmd_grade(a: argparse.Namespace) -> int:
+    import pickle
+
+    import numpy as np
+
+    from .fileio import atomic_path, write_json
+    from .grade import GradingConfig, grade_record
+    from .grade_learn import (FEATURES, OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa,
+                              read_labels_csv)
+    from .labels import load_label_map
+    from .voc import read_voc_dir
+    from tqdm import tqdm
+
+    cfg = GradingConfig.load(a.grading)
+    records = read_voc_dir(a.voc, load_label_map(a.labels), a.images)
+    grades = [grade_record(r, cfg) for r in tqdm(records, desc="grade", leave=False, disable=len(records) < 20)]
+    names = [r.stem for r in records]
+    model = None
+    if a.fit:
+        labels = read_labels_csv(a.fit)
+        pairs = [(features(g, cfg.merged_as_he), labels[n]) for n, g in zip(names, grades) if n in labels]
+        if len(pairs) < 2:
+            raise LesiondetError(a.fit, "fewer than two of its images are in --voc", "check the image names")
+        X, y = np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+        model = OrdinalGrader().fit(X, y)
+        path = Path(a.model or "grader.pkl")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps({"format": "lesiondet-grader/1", "features": FEATURES, "model": model,
+                                          "merged_as_he": cfg.merged_as_he}))
+        fit_qwk = quadratic_weighted_kappa(y, model.predict(X))
+        print(f"fitted an ordinal grader on {len(y)} images (training QWK {fit_qwk:.3f}); saved {path}")
+    elif a.model:
+        p = Path(a.model)
+        try:
+            saved = pickle.loads(p.read_bytes())
+            assert saved["format"] == "lesiondet-grader/1"
+            model = saved["model"]
+        except FileNotFoundError:
+            raise LesiondetError(p, "grader model not found", "fit one with --fit LABELS.csv --model FILE") from None
+        except Exception:
+            raise LesiondetError(p, "not a lesiondet grader model", "fit one with --fit LABELS.csv") from None
+    predicted = [int(g.grade) for g in grades]
+    if model is not None:
+        predicted = [int(v) for v in model.predict(np.stack([features(g, cfg.merged_as_he) for g in grades]))]
+
+    print(f"{'image':<24} {'grade':>5}  {'fovea from':<12} {'DME?':<5} counts")
+    for n, g, p in zip(names, grades, predicted):
+        counts = ", ".join(f"{k} {v}" for k, v in g.counts.items()) or "-"
+        print(f"{n[:23]:<24} {p:>5}  {g.fovea_source:<12} {'yes' if g.dme_suspect else 'no':<5} {counts}")
+    dist = Counter(predicted)
+    print("grade distribution: " + ", ".join(f"{k}: {dist.get(k, 0)}" for k in range(5)))
+    doc: dict | list = []
+    for n, g, p in zip(names, grades, predicted):
+        d = g.to_dict()
+        d["image"] = n if not g.image else Path(g.image).name
+        if model is not None:
+            d["rule_grade"], d["grade"] = d["grade"], p
+            d["grade_name"] = __import__("lesiondet.grade", fromlist=["GRADE_NAMES"]).GRADE_NAMES[p]
+        doc.append(d)
+    if a.eval:
+        labels = read_labels_csv(a.eval)
+        pairs = [(labels[n], p) for n, p in zip(names, predicted) if n in labels]
+        if not pairs:
+            raise LesiondetError(a.eval, "none of its images are in --voc", "check the image names")
+        y, yp = [t for t, _ in pairs], [p for _, p in pairs]
+        qwk = quadratic_weighted_kappa(y, yp)
+        acc = float(np.mean(np.equal(y, yp)))
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        png = plot_confusion(out / "grade_confusion.png", y, yp,
+                             f"{'learned' if model is not None else 'rule'} grader: QWK {qwk:.3f}, accuracy {acc:.3f}")
+        print(f"against {len(y)} reference grades: quadratic weighted kappa {qwk:.4f}, accuracy {acc:.4f}; "
+              f"confusion matrix {png}")
+        doc = {"images": doc, "qwk": qwk, "accuracy": acc, "n": len(y)}
+    if a.json:
+        write_json(a.json, doc)
         _say(f"wrote {a.json}")
     return 0
 
@@ -293,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/detect", help="output folder; numbered if it exists")
     d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
     d.add_argument("--device", default="auto")
-    d.add_argument("--grade", action="store_true", help="grade DR severity from the detections")
+    d.add_argument("--grade", action="store_true", help="grade DR severity (ICDR 0-3) from the detections")
+    d.add_argument("--grading", help="grading thresholds YAML (default: configs/grading.yaml values)")
     d.set_defaults(func=cmd_detect)
 
     e = sub.add_parser("eval", help="score detections against labelImg ground truth")
@@ -308,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the figures to this JSON file")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_eval)
+
+    gr = sub.add_parser("grade", help="ICDR DR grade from labelImg lesion annotations (or predictions)")
+    gr.add_argument("--voc", required=True, help="labelImg folder (ground truth or 'detect' output)")
+    gr.add_argument("--images", help="image folder, if not next to the XML or in ../JPEGImages")
+    gr.add_argument("--labels", help="label map YAML")
+    gr.add_argument("--grading", help="grading thresholds YAML (configs/grading.yaml)")
+    gr.add_argument("--json", help="write one object per image (or, with --eval, the scores too)")
+    gr.add_argument("--fit", metavar="LABELS_CSV", help="fit the learned ordinal grader on image,grade rows")
+    gr.add_argument("--model", help="learned grader file: written by --fit, read otherwise")
+    gr.add_argument("--eval", metavar="LABELS_CSV", help="QWK, accuracy and a confusion-matrix PNG")
+    gr.add_argument("--out", default="runs/grade", help="folder for the confusion-matrix PNG")
+    gr.set_defaults(func=cmd_grade)
 
     s = sub.add_parser("synth", help="write the synthetic sample dataset")
     s.add_argument("out")

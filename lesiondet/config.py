@@ -5,8 +5,6 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from .errors import LesiondetError
 
 DEFAULT_TRAIN: dict[str, Any] = {
@@ -38,15 +36,10 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     cfg: dict[str, Any] = {"model": {}, "train": dict(DEFAULT_TRAIN), "augment": {}}
     if path is None:
         return cfg
+    from .fileio import read_yaml
+
     p = Path(path)
-    if not p.is_file():
-        raise LesiondetError(p, "config not found", "pass a YAML file such as configs/models/cpu-fast.yaml")
-    try:
-        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise LesiondetError(p, f"not valid YAML ({str(e).splitlines()[0]})", "fix the file") from None
-    if not isinstance(user, dict):
-        raise LesiondetError(p, "expected a mapping with model:/train:/augment:", "see configs/models/")
+    user = read_yaml(p, "config", "pass a YAML file such as configs/models/cpu-fast.yaml")
     unknown = set(user) - {"model", "train", "augment", "labels"}
     if unknown:
         raise LesiondetError(p, f"unknown section(s) {sorted(unknown)}", "use model:, train:, augment:, labels:")

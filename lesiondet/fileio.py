@@ -60,3 +60,23 @@ def next_run_dir(base: str | Path, name: str) -> Path:
         n += 1
     candidate.mkdir(parents=True)
     return candidate
+
+
+def read_yaml(path: str | Path, what: str, fix: str) -> dict:
+    """A YAML mapping from ``path``; a ``LesiondetError`` naming the file when it is missing or broken."""
+    import yaml
+
+    from .errors import LesiondetError
+
+    p = Path(path)
+    if not p.is_file():
+        raise LesiondetError(p, f"{what} not found", fix)
+    try:
+        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LesiondetError(p, f"not valid YAML ({str(e).splitlines()[0]})", "fix the file") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise LesiondetError(p, f"{what} must be a YAML mapping", fix)
+    return d

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import yaml
-
 from .errors import LesiondetError
 
 #: Canonical classes in the order a default model uses.
@@ -128,15 +126,9 @@ def load_label_map(path: str | Path | None) -> LabelMap:
     """
     if path is None:
         return default_label_map()
-    path = Path(path)
-    if not path.is_file():
-        raise LesiondetError(path, "label map not found", "pass an existing YAML file to --labels")
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LesiondetError(path, f"not valid YAML ({str(e).splitlines()[0]})", "fix the file") from None
-    if not isinstance(d, dict):
-        raise LesiondetError(path, "expected a mapping with 'classes:'", "see configs/datasets/*.yaml")
+    from .fileio import read_yaml
+
+    d = read_yaml(path, "label map", "pass a YAML file with 'classes:' (see configs/datasets/*.yaml)")
     if "labels" in d and isinstance(d["labels"], dict):
         d = d["labels"]
     return LabelMap.from_dict(d, source=str(path))
