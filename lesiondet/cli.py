@@ -354,7 +354,11 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """Progress for people; under torchrun only rank 0 speaks."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

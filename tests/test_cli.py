@@ -163,3 +163,15 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"lesiondet: error: {tmp_path / 'none'}: folder not found; " \
                                "pass the folder that holds the labelImg .xml files"
+
+
+def test_torchrun_ddp_on_cpu_trains_into_one_run_folder(tiny_sample, tiny_config, tmp_path):
+    out = tmp_path / "runs" / "ddp"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lesiondet",
+                        "train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"),
+                        "--config", str(tiny_config), "--out", str(out), "--device", "cpu"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "best.pt").is_file() and not (tmp_path / "runs" / "ddp2").exists()
+    assert r.stderr.count("done:") == 1  # only rank 0 reports
