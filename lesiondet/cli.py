@@ -134,10 +134,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def _check_images(records) -> None:
     """Open every image header before training starts, so a bad file fails now, not in hour three."""
-    from .voc import _image_size
+    from .voc import image_size
 
     for r in records:
-        w, h = _image_size(r.image_path)
+        w, h = image_size(r.image_path)
         if (w, h) != (r.width, r.height):
             from .errors import ImageError
 
@@ -270,7 +270,7 @@ def cmd_grade(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .fileio import atomic_path, write_json
-    from .grade import GradingConfig, grade_record
+    from .grade import GRADE_NAMES, GradingConfig, grade_record
     from .grade_learn import (FEATURES, OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa,
                               read_labels_csv)
     from .labels import load_label_map
@@ -321,7 +321,7 @@ def cmd_grade(a: argparse.Namespace) -> int:
         d["image"] = n if not g.image else Path(g.image).name
         if model is not None:
             d["rule_grade"], d["grade"] = d["grade"], p
-            d["grade_name"] = __import__("lesiondet.grade", fromlist=["GRADE_NAMES"]).GRADE_NAMES[p]
+            d["grade_name"] = GRADE_NAMES[p]
         doc.append(d)
     if a.eval:
         labels = read_labels_csv(a.eval)

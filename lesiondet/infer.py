@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -63,13 +63,3 @@ class Predictor:
 
     def predict(self, path: str | Path) -> VocRecord:
         return self.predict_array(read_rgb(path), path)
-
-    def predict_many(self, paths: Sequence[str | Path]) -> Iterator[tuple[Path, VocRecord | Exception]]:
-        """Yield ``(path, record)``; a bad image yields its exception instead of stopping the run."""
-        from .errors import LesiondetError
-
-        for p in paths:
-            try:
-                yield Path(p), self.predict(p)
-            except LesiondetError as e:
-                yield Path(p), e

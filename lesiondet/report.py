@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path
 from .voc import VocRecord
 
 #: RGB colour per class, chosen to stand out on an orange-red fundus.
@@ -100,5 +100,3 @@ def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
     plt.close(fig)
     return Path(path)
 
-
-__all__ = ["draw", "write_png", "detections_json", "write_json", "write_metrics_csv", "plot_curves"]

@@ -131,7 +131,7 @@ def _number(xml_path: Path, node: etree._Element, tag: str, what: str) -> float:
     return value
 
 
-def _image_size(image_path: Path) -> tuple[int, int]:
+def image_size(image_path: Path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -179,7 +179,7 @@ def parse_voc(xml_path: str | Path, label_map: LabelMap, images_dir: str | Path 
         if not image_path.is_file():
             raise VocError(xml_path, "<size> is missing and the image is not there to measure",
                            "add <size><width>/<height> or put the image next to the XML")
-        width, height = _image_size(image_path)
+        width, height = image_size(image_path)
 
     objects = []
     for i, obj in enumerate(root.iter("object"), start=1):

@@ -1,5 +1,6 @@
 """The command line end to end: train → detect → eval, resume, and one-line errors for bad input."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +168,7 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 def test_torchrun_ddp_on_cpu_trains_into_one_run_folder(tiny_sample, tiny_config, tmp_path):
     out = tmp_path / "runs" / "ddp"
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lesiondet",
                         "train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"),
                         "--config", str(tiny_config), "--out", str(out), "--device", "cpu"],
