@@ -67,10 +67,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .data import split_records
     from .device import distributed, resolve_device
     from .fileio import next_run_dir
-    from .labels import LabelMap, load_label_map
+    from .labels import LabelMap
     from .model import load_checkpoint
     from .train import train
-    from .voc import present_labels, read_voc_dir
+    from .voc import read_voc_dir
+
+    from .datasets import Source, parse_source, read_sources
 
     resume_ck = None
     if a.resume:
@@ -79,7 +81,6 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise LesiondetError(a.resume, "this checkpoint cannot be resumed (no optimizer state)",
                                  "resume from last.pt, not best.pt")
         cfg = resume_ck["config"]
-        label_map = LabelMap.from_dict({**resume_ck["label_map"], "default_aliases": False}, str(a.resume))
         data = cfg["data"]
         if a.epochs:
             cfg["train"]["epochs"] = a.epochs
@@ -90,24 +91,28 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = merge(cfg, {"train": over})
         if a.pretrained:
             cfg = merge(cfg, {"model": {"pretrained": a.pretrained}})
+        tiling_over = {k: v for k, v in {"tile": a.tile, "overlap": a.overlap}.items() if v is not None}
+        cfg = merge(cfg, {"tiling": tiling_over})
         if not a.voc:
-            raise LesiondetError(None, "no training data given", "pass --voc DIR (a labelImg folder)")
+            raise LesiondetError(None, "no training data given",
+                                 "pass --voc DIR (a labelImg folder) or --voc configs/datasets/NAME.yaml")
         labels_path = a.labels or (cfg.pop("labels", None) if isinstance(cfg.get("labels"), str) else None)
-        data = {"voc": str(a.voc), "val": a.val and str(a.val), "val_split": a.val_split,
-                "images": a.images and str(a.images), "labels": labels_path}
+        sources = [parse_source(v, labels_path) for v in a.voc]
+        data = {"sources": [src.to_dict() for src in sources], "val": a.val and str(a.val),
+                "val_split": a.val_split, "images": a.images and str(a.images)}
         cfg["data"] = data
-        label_map = load_label_map(labels_path)
 
-    records = read_voc_dir(data["voc"], label_map, data["images"])
+    sources = [Source.from_dict(d) for d in data["sources"]]
+    records, label_map, annotated = read_sources(sources, data["images"])
+    if resume_ck is not None:
+        label_map = LabelMap.from_dict({**resume_ck["label_map"], "default_aliases": False}, str(a.resume))
     if data["val"]:
         train_records, val_records = records, read_voc_dir(data["val"], label_map, data["images"])
     else:
         if len(records) < 2:
-            raise LesiondetError(data["voc"], "only one annotated image; cannot hold some back for validation",
+            raise LesiondetError(sources[0].voc, "only one annotated image; cannot hold some back for validation",
                                  "add images or pass --val DIR")
         train_records, val_records = split_records(records, data["val_split"], seed=cfg["train"]["seed"])
-    if resume_ck is None and not a.labels and not data.get("labels"):
-        label_map = label_map.restrict(present_labels(records) | present_labels(val_records))
     _check_images(train_records + val_records)
 
     device = resolve_device(a.device)
@@ -125,8 +130,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     counts = Counter(o.label for r in train_records for o in r.objects)
     _say(f"training on {len(train_records)} images ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
          f"validating on {len(val_records)}; classes {list(label_map.classes)}; device {device}; run folder {out}")
+    if len(sources) > 1:
+        _say("classes each source annotates (others are masked out of its loss): "
+             + "; ".join(f"{k}: {', '.join(v)}" for k, v in annotated.items()))
     summary = train(train_records, val_records, label_map, cfg, out, device, resume=a.resume,
-                    time_limit_min=a.time_limit, log=_say)
+                    time_limit_min=a.time_limit, log=_say, annotated=annotated if len(sources) > 1 else None)
     _say(f"done: {summary['epochs_done']} epoch(s), best val mAP50 {max(summary['best_fitness'], 0):.3f}; "
          f"weights {out / 'best.pt'}, curves {out / 'curves.png'}")
     return 0
@@ -171,7 +179,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     images = _collect_images(a.images)
-    predictor = Predictor(a.weights, a.device, a.score)
+    predictor = Predictor(a.weights, a.device, a.score, **_tiling_overrides(a))
     out = Path(a.out)
     if a.exist_ok:
         out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- eval
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluate import coco_map, format_table, json_safe
+    from .evaluate import evaluate_detections, format_froc, format_table, json_safe
     from .fileio import write_json
     from .labels import LabelMap, load_label_map
     from .voc import present_labels, read_voc_dir
@@ -239,22 +247,26 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from .infer import predict_records
         from .model import detector_from_checkpoint, load_checkpoint
 
+        from .infer import checkpoint_tiling
+
         ck = load_checkpoint(a.weights)
         model, classes = detector_from_checkpoint(ck, a.weights)
+        tiling = checkpoint_tiling(ck, **_tiling_overrides(a))
         label_map = (load_label_map(a.labels) if a.labels
                      else LabelMap.from_dict({**ck["label_map"], "default_aliases": True}, str(a.weights)))
         gt = read_voc_dir(a.voc, label_map, a.images)
         device = resolve_device(a.device)
         model.to(device)
-        preds = predict_records(model, gt, classes, device, score=a.score)
+        preds = predict_records(model, gt, classes, device, score=a.score, tiling=tiling, progress=True)
     else:
         label_map = load_label_map(a.labels)
         gt = read_voc_dir(a.voc, label_map, a.images)
         preds = read_voc_dir(a.pred, label_map, need_image=False)
         classes = list(label_map.classes) if a.labels else \
             [c for c in label_map.classes if c in present_labels(gt) | present_labels(preds)]
-    result = coco_map(gt, preds, classes)
+    result = evaluate_detections(gt, preds, classes)
     print(format_table(result))
+    print(format_froc(result))
     print(f"{len(gt)} images, {result['n_pred']} detections; mAP@[.5:.95] {result['mAP']:.4f}  "
           f"AP50 {result['mAP50']:.4f}  (pycocotools, maxDets 1000)")
     if a.json:
@@ -348,9 +360,138 @@ def cmd_grade(a: argparse.Namespace) -> int:
 def cmd_synth(a: argparse.Namespace) -> int:
     from .synth import write_sample
 
+    if a.oct:
+        from .synth import write_oct_sample
+
+        out = write_oct_sample(a.out, per_class=a.n_train, seed=a.seed)
+        _say(f"wrote a synthetic OCT dataset to {out} (CNV/, DME/, DRUSEN/, NORMAL/)")
+        return 0
     out = write_sample(a.out, a.n_train, a.n_val, a.n_test, a.size, a.seed)
     _say(f"wrote a synthetic labelImg dataset to {out} (train/, val/, test/)")
     return 0
+
+
+# --------------------------------------------------------------------------- oct
+def cmd_oct_train(a: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .fileio import next_run_dir, read_yaml
+    from .oct import DEFAULT_OCT, patient_split, read_oct_data, train_oct
+
+    cfg = dict(DEFAULT_OCT)
+    if a.config:
+        user = read_yaml(a.config, "OCT config", "pass a YAML such as configs/models/oct.yaml")
+        bad = set(user.get("oct", user)) - set(DEFAULT_OCT)
+        if bad:
+            raise LesiondetError(a.config, f"unknown OCT option(s) {sorted(bad)}", f"valid: {', '.join(DEFAULT_OCT)}")
+        cfg.update(user.get("oct", user))
+    cfg.update({k: v for k, v in {"epochs": a.epochs, "batch": a.batch, "arch": a.arch,
+                                  "pretrained": a.pretrained}.items() if v is not None})
+    samples = read_oct_data(a.data)
+    if a.val:
+        train_s, val_s = samples, read_oct_data(a.val)
+    else:
+        train_s, val_s = patient_split(samples, a.val_split, cfg["seed"])
+    classes = sorted({s.label for s in train_s} | {s.label for s in val_s})
+    if len(classes) < 2:
+        raise LesiondetError(a.data, f"only one class ({classes[0]})", "add scans of at least one other class")
+    leak = {s.patient for s in train_s} & {s.patient for s in val_s}
+    if leak and not a.val:
+        raise LesiondetError(a.data, "a patient is on both sides of the split", "report this as a bug")
+    for s in train_s + val_s:
+        from .images import read_rgb
+
+        read_rgb(s.path, allow_16bit=True)  # a bad file fails now, not in epoch five
+    out = next_run_dir(Path(a.out).parent, Path(a.out).name)
+    counts = Counter(s.label for s in train_s)
+    _say(f"OCT: training on {len(train_s)} scans ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
+         f"from {len({s.patient for s in train_s})} patients, validating on {len(val_s)} scans from "
+         f"{len({s.patient for s in val_s})} other patients; run folder {out}")
+    summary = train_oct(train_s, val_s, classes, cfg, out, resolve_device(a.device), a.head, a.time_limit, _say)
+    for head, acc in summary["val"].items():
+        _say(f"{head} head: validation accuracy {acc:.3f}")
+    _say(f"weights {out / 'best.pt'}" + (f", curves {out / 'curves.png'}" if summary["history"] else ""))
+    return 0
+
+
+def cmd_oct_predict(a: argparse.Namespace) -> int:
+    from .fileio import next_run_dir, write_json
+    from .oct import OctClassifier, plot_prediction, read_scan
+
+    paths = _collect_images(a.images)
+    clf = OctClassifier(a.weights, a.head, a.device)
+    out = next_run_dir(Path(a.out).parent, Path(a.out).name)
+    docs, failures = [], []
+    for p in paths:
+        try:
+            img = read_scan(p)
+        except LesiondetError as e:
+            failures.append(str(e))
+            continue
+        probs = dict(zip(clf.classes, map(float, clf.predict_proba_arrays([img])[0])))
+        top = sorted(probs.items(), key=lambda kv: -kv[1])[: a.topk]
+        print(f"{p.name}: {top[0][0]}  " + "  ".join(f"{c} {v:.3f}" for c, v in top))
+        plot_prediction(out / f"{p.stem}.png", img, probs, f"{p.name}: {top[0][0]} ({top[0][1]:.2f})")
+        docs.append({"image": str(p), "class": top[0][0], "probabilities": probs, "head": clf.head})
+    if a.json:
+        write_json(a.json, docs if len(paths) > 1 else (docs[0] if docs else []))
+    _say(f"pictures in {out}")
+    for f in failures:
+        print(f"lesiondet: error: {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_oct_eval(a: argparse.Namespace) -> int:
+    from .fileio import write_json
+    from .oct import OctClassifier, classification_metrics, read_oct_data
+    from .report import plot_confusion_matrix
+
+    clf = OctClassifier(a.weights, a.head, a.device)
+    samples = read_oct_data(a.data, clf.classes)
+    proba = clf.predict_proba([s.path for s in samples], progress=len(samples) > 16)
+    m = classification_metrics([clf.classes.index(s.label) for s in samples], proba, clf.classes)
+
+    def f(v):
+        return "   -  " if v is None else f"{v:6.3f}"
+
+    print(f"{'class':<8} {'n':>4} {'sens':>6} {'spec':>6} {'AUC':>6}")
+    for c, v in m["per_class"].items():
+        print(f"{c:<8} {v['n']:>4} {f(v['sensitivity'])} {f(v['specificity'])} {f(v['auc'])}")
+    print(f"accuracy {m['accuracy']:.4f} on {m['n']} scans ({clf.head} head)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
+    png = plot_confusion_matrix(out / "oct_confusion.png", np.array(m["confusion"]), clf.classes,
+                                f"OCT {clf.head} head: accuracy {m['accuracy']:.3f} (n={m['n']})")
+    _say(f"confusion matrix {png}")
+    if a.json:
+        write_json(a.json, {**m, "head": clf.head})
+        _say(f"wrote {a.json}")
+    return 0
+
+
+def _tiling_overrides(a: argparse.Namespace) -> dict:
+    """Slicing options given on the command line (None: keep what the checkpoint says)."""
+    return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge,
+            "slice": False if a.no_slice else None}
+
+
+def _add_tiling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("slicing (defaults: what the model was trained with)")
+    g.add_argument("--tile", type=_positive_int, help="tile side in model pixels")
+    g.add_argument("--overlap", type=_overlap, help="share of a tile that neighbours overlap (0-0.9)")
+    g.add_argument("--merge", choices=("nms", "wbf"), help="merge tiles by class-wise NMS or weighted box fusion")
+    g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
+
+
+def _overlap(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if not 0 <= v < 0.9:
+        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 0.9")
+    return v
 
 
 def _say(msg: str) -> None:
@@ -369,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a detector on a labelImg VOC folder")
-    t.add_argument("--voc", help="folder of labelImg .xml (or its parent holding Annotations/)")
+    t.add_argument("--voc", action="append",
+                   help="folder of labelImg .xml (or its parent holding Annotations/), or a dataset YAML "
+                        "(configs/datasets/*.yaml); repeat to train on several datasets together")
     t.add_argument("--images", help="folder of the images, if not next to the XML or in ../JPEGImages")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--val", help="validation folder (labelImg VOC)")
@@ -387,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly after this many minutes, keeping best.pt")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
     t.add_argument("--out", default="runs/train", help="run folder; numbered if it exists (default runs/train)")
+    t.add_argument("--tile", type=_positive_int, help="tile side in model pixels (default 512)")
+    t.add_argument("--overlap", type=_overlap, help="tile overlap share at validation (default 0.2)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("detect", help="detect lesions in images")
@@ -398,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--grade", action="store_true", help="grade DR severity (ICDR 0-3) from the detections")
     d.add_argument("--grading", help="grading thresholds YAML (default: configs/grading.yaml values)")
+    _add_tiling_args(d)
     d.set_defaults(func=cmd_detect)
 
     e = sub.add_parser("eval", help="score detections against labelImg ground truth")
@@ -411,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--score", type=_score, default=0.01, help="minimum score kept with --weights (default 0.01)")
     e.add_argument("--json", help="write the figures to this JSON file")
     e.add_argument("--device", default="auto")
+    _add_tiling_args(e)
     e.set_defaults(func=cmd_eval)
 
     gr = sub.add_parser("grade", help="ICDR DR grade from labelImg lesion annotations (or predictions)")
@@ -425,6 +572,42 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--out", default="runs/grade", help="folder for the confusion-matrix PNG")
     gr.set_defaults(func=cmd_grade)
 
+    o = sub.add_parser("oct", help="OCT B-scan classifier: CNV / DME / DRUSEN / NORMAL")
+    osub = o.add_subparsers(dest="oct_command", required=True, parser_class=_Parser)
+    ot = osub.add_parser("train", help="train on a class-per-folder tree or a path,label CSV")
+    ot.add_argument("--data", required=True, help="folder with CNV/ DME/ DRUSEN/ NORMAL/ sub-folders, or a CSV")
+    og = ot.add_mutually_exclusive_group()
+    og.add_argument("--val", help="validation folder or CSV (default: hold out patients from --data)")
+    og.add_argument("--val-split", type=_fraction, default=0.2, help="share of patients held out (default 0.2)")
+    ot.add_argument("--head", choices=("finetune", "linear", "both"), default="both",
+                    help="fine-tuned CNN, logistic regression on frozen features, or both (default)")
+    ot.add_argument("--arch", choices=("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50"))
+    ot.add_argument("--pretrained", choices=("imagenet", "torchvision", "none"))
+    ot.add_argument("--config", help="YAML with OCT options (configs/models/oct.yaml)")
+    ot.add_argument("--epochs", type=_positive_int, help="fine-tuning epochs after the head-only stage")
+    ot.add_argument("--batch", type=_positive_int)
+    ot.add_argument("--time-limit", type=_positive_float, metavar="MINUTES")
+    ot.add_argument("--device", default="auto")
+    ot.add_argument("--out", default="runs/oct", help="run folder; numbered if it exists")
+    ot.set_defaults(func=cmd_oct_train)
+    op = osub.add_parser("predict", help="class and probabilities for OCT scans")
+    op.add_argument("images", nargs="+", help="scan files or folders")
+    op.add_argument("--weights", required=True, help="best.pt from 'lesiondet oct train'")
+    op.add_argument("--head", choices=("finetune", "linear"), help="default: the fine-tuned head if trained")
+    op.add_argument("--topk", type=_positive_int, default=4)
+    op.add_argument("--json", help="write class and probabilities to this file")
+    op.add_argument("--out", default="runs/oct-predict", help="folder for the pictures; numbered if it exists")
+    op.add_argument("--device", default="auto")
+    op.set_defaults(func=cmd_oct_predict)
+    oe = osub.add_parser("eval", help="accuracy, sensitivity, specificity, ROC AUC, confusion matrix")
+    oe.add_argument("--data", required=True, help="labelled folder or CSV")
+    oe.add_argument("--weights", required=True)
+    oe.add_argument("--head", choices=("finetune", "linear"))
+    oe.add_argument("--json", help="write the figures to this JSON file")
+    oe.add_argument("--out", default="runs/oct-eval", help="folder for oct_confusion.png")
+    oe.add_argument("--device", default="auto")
+    oe.set_defaults(func=cmd_oct_eval)
+
     s = sub.add_parser("synth", help="write the synthetic sample dataset")
     s.add_argument("out")
     s.add_argument("--n-train", type=_positive_int, default=24)
@@ -432,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=_positive_int, default=6)
     s.add_argument("--size", type=_positive_int, default=512)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--oct", action="store_true", help="write a synthetic OCT class-per-folder set instead")
     s.set_defaults(func=cmd_synth)
     return p
 

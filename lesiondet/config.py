@@ -20,6 +20,7 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "use_difficult": False,
     "seed": 0,
     "val_score": 0.01,  # keep low-score detections for mAP; the curve needs them
+    "val_max_images": 50,  # per-epoch fitness on this many validation images (0: all)
 }
 
 
@@ -32,17 +33,28 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any] | None) -> dict[str, 
 
 
 def load_config(path: str | Path | None) -> dict[str, Any]:
-    """``{"model": {...}, "train": {...}, "augment": {...}}`` with defaults filled in."""
-    cfg: dict[str, Any] = {"model": {}, "train": dict(DEFAULT_TRAIN), "augment": {}}
+    """``{"model", "train", "augment", "tiling"}`` sections with defaults filled in."""
+    cfg: dict[str, Any] = {"model": {}, "train": dict(DEFAULT_TRAIN), "augment": {}, "tiling": {}}
     if path is None:
         return cfg
     from .fileio import read_yaml
 
     p = Path(path)
     user = read_yaml(p, "config", "pass a YAML file such as configs/models/cpu-fast.yaml")
-    unknown = set(user) - {"model", "train", "augment", "labels"}
+    unknown = set(user) - {"model", "train", "augment", "tiling", "labels"}
     if unknown:
-        raise LesiondetError(p, f"unknown section(s) {sorted(unknown)}", "use model:, train:, augment:, labels:")
+        raise LesiondetError(p, f"unknown section(s) {sorted(unknown)}",
+                             "use model:, train:, augment:, tiling:, labels:")
+    from .tiling import resolve_tiling
+
+    try:
+        resolve_tiling(user.get("tiling"))
+    except LesiondetError as e:
+        raise LesiondetError(p, e.problem, e.fix) from None
+    sized = {"min_size", "max_size"} & set(user.get("model") or {})
+    if sized:
+        raise LesiondetError(p, f"model.{sorted(sized)[0]} is set by the tiling now",
+                             "remove it and set tiling.tile (the model input side) instead")
     bad = set(user.get("train") or {}) - set(DEFAULT_TRAIN)
     if bad:
         raise LesiondetError(p, f"unknown train option(s) {sorted(bad)}", f"valid: {', '.join(DEFAULT_TRAIN)}")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -12,7 +14,8 @@ from torch.utils.data import Dataset
 from .errors import ImageError
 from .images import read_rgb
 from .labels import LabelMap
-from .voc import VocRecord
+from .tiling import crop_objects, low_res_fov, sample_window, samples_per_image, should_slice, window_size
+from .voc import VocObject, VocRecord
 
 DEFAULT_AUGMENT: dict[str, Any] = {
     "hflip": 0.5,
@@ -48,45 +51,145 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
 
 
+def fit_to(img: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """Shrink ``img`` so its longer side is at most ``side`` (area interpolation); returns it and the scale."""
+    h, w = img.shape[:2]
+    s = side / max(h, w)
+    if s >= 1:
+        return img, 1.0
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
+
+
+def class_mask(annotated: Sequence[str] | None, label_map: LabelMap) -> torch.Tensor:
+    """Which model outputs an image's labels speak for: background plus the classes its source annotated.
+
+    When datasets with different label sets train together, an HEI-MED image
+    (no optic-disc boxes) must not teach "no optic disc here"; the detector's
+    classification loss ignores the outputs this mask leaves out.
+    """
+    if annotated is None:
+        return torch.ones(label_map.num_classes, dtype=torch.bool)
+    m = torch.zeros(label_map.num_classes, dtype=torch.bool)
+    m[0] = True
+    for c in annotated:
+        if c in label_map.classes:
+            m[label_map.index(c)] = True
+    return m
+
+
 class DetectionDataset(Dataset):
     """``(image, target)`` pairs as torchvision detection models take them.
 
     Boxes are 0-based ``(x0, y0, x1, y1)``; labels are 1-based indices into
     ``label_map``. Images without objects yield empty targets and train as
     background. ``difficult`` objects are dropped unless ``use_difficult``.
+    ``annotated`` maps a record's ``source`` to the classes that source labels
+    (see ``class_mask``); sources missing from it count as fully annotated.
     """
 
     def __init__(self, records: Sequence[VocRecord], label_map: LabelMap, transforms: A.Compose | None = None,
-                 use_difficult: bool = False) -> None:
+                 use_difficult: bool = False, annotated: Mapping[str, Sequence[str]] | None = None) -> None:
         self.records = list(records)
         self.label_map = label_map
         self.transforms = transforms
         self.use_difficult = use_difficult
+        self.masks = {src: class_mask(cls, label_map) for src, cls in (annotated or {}).items()}
+        self._all = class_mask(None, label_map)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def objects(self, i: int) -> list[VocObject]:
+        return [o for o in self.records[i].objects if self.use_difficult or not o.difficult]
+
+    def image(self, i: int) -> np.ndarray:
         rec = self.records[i]
         img = read_rgb(rec.image_path)
         if img.shape[1] != rec.width or img.shape[0] != rec.height:
             raise ImageError(rec.image_path, f"image is {img.shape[1]}x{img.shape[0]} but {rec.xml_path} "
                              f"says {rec.width}x{rec.height}", "fix <size> in the XML or re-annotate the image")
-        objs = [o for o in rec.objects if self.use_difficult or not o.difficult]
+        return img
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        objs = self.objects(i)
         boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4)
         labels = np.array([self.label_map.index(o.label) for o in objs], np.int64)
-        return img, boxes, labels
+        return self.image(i), boxes, labels
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        img, boxes, labels = self.load(i)
+    def target(self, i: int, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.transforms is not None:
             out = self.transforms(image=img, bboxes=boxes, labels=labels)
             img = out["image"]
             boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], np.int64)
         target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                  "image_id": torch.tensor(i)}
+                  "image_id": torch.tensor(i), "class_mask": self.masks.get(self.records[i].source, self._all)}
         return to_tensor(img), target
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.target(i, *self.load(i))
+
+
+class TileDataset(DetectionDataset):
+    """Training tiles cut from native-resolution images (see ``lesiondet.tiling``).
+
+    One epoch holds ``samples_per_image`` samples per image. Each sample is the
+    whole image shrunk to the tile (``full_fraction``, and always for images
+    that fit in a tile), a tile centred on a lesion (``pos_fraction``), or a
+    random tile inside the field of view. Decoded images are cached, so a
+    4288x2848 photograph is decoded once per data-loader process, not per tile.
+    """
+
+    def __init__(self, records: Sequence[VocRecord], label_map: LabelMap, tiling: Mapping[str, Any],
+                 transforms: A.Compose | None = None, use_difficult: bool = False,
+                 annotated: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(records, label_map, transforms, use_difficult, annotated)
+        self.tiling = dict(tiling)
+        self.win = window_size(self.tiling)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+        self._fov: dict[int, tuple[np.ndarray, float]] = {}
+        # Sample k of an epoch belongs to image index[k]: big photographs give more tiles than small ones.
+        self.index = [i for i, r in enumerate(self.records)
+                      for _ in range(samples_per_image(r.width, r.height, self.tiling))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def image(self, i: int) -> np.ndarray:
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        img = super().image(i)
+        self._cache[i] = img
+        self._cache_bytes += img.nbytes
+        while self._cache_bytes > self.tiling["cache_mb"] * 2**20 and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.nbytes
+        return img
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t, i = self.tiling, self.index[k]
+        rec, img, objs = self.records[i], self.image(i), self.objects(i)
+        names = [o.label for o in objs]
+        if not should_slice(rec.width, rec.height, t) or random.random() < t["full_fraction"]:
+            small, s = fit_to(img, t["tile"])
+            boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4) * s
+            if should_slice(rec.width, rec.height, t):  # lesions shrunk to a pixel or two are the tiles' job
+                big = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= t["full_min_px"]
+                boxes, names = boxes[big], [n for n, b in zip(names, big) if b]
+            return self.target(i, np.ascontiguousarray(small), boxes, self._indices(names))
+        mode = "positive" if objs and random.random() < t["pos_fraction"] else "random"
+        if mode == "random" and i not in self._fov:
+            self._fov[i] = low_res_fov(img)
+        window = sample_window(objs, rec.width, rec.height, self.win, mode, random, self._fov.get(i), t["fov_min"])
+        boxes, names = crop_objects(objs, window, t["min_visibility"])
+        x0, y0, x1, y1 = window
+        return self.target(i, np.ascontiguousarray(img[y0:y1, x0:x1]), boxes, self._indices(names))
+
+    def _indices(self, names: Sequence[str]) -> np.ndarray:
+        return np.array([self.label_map.index(n) for n in names], np.int64)
 
 
 def collate(batch):

@@ -99,6 +99,131 @@ def coco_map(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Seque
     return result
 
 
+#: False positives per image at which FROC sensitivity is read (Retinopathy Online Challenge).
+FROC_FPI = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: Lesion size buckets by sqrt(box area) in pixels. COCO's small/medium/large (32/96 px)
+#: would put nearly every lesion in 'small'.
+SIZE_BUCKETS = {"<8": (0, 8), "8-16": (8, 16), "16-32": (16, 32), "32-96": (32, 96), ">=96": (96, 1e5)}
+
+
+def _hits(det: Sequence[float], gts: np.ndarray, iou_thr: float) -> np.ndarray:
+    """Which ground-truth boxes a detection hits: its centre lies inside, or IoU >= ``iou_thr``."""
+    if len(gts) == 0:
+        return np.zeros(0, bool)
+    x0, y0, x1, y1 = det
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    inside = (gts[:, 0] <= cx) & (cx <= gts[:, 2]) & (gts[:, 1] <= cy) & (cy <= gts[:, 3])
+    ix = np.clip(np.minimum(x1, gts[:, 2]) - np.maximum(x0, gts[:, 0]), 0, None)
+    iy = np.clip(np.minimum(y1, gts[:, 3]) - np.maximum(y0, gts[:, 1]), 0, None)
+    inter = ix * iy
+    union = (x1 - x0) * (y1 - y0) + (gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]) - inter
+    return inside | (inter / np.maximum(union, 1e-9) >= iou_thr)
+
+
+def froc(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
+         fpi: Sequence[float] = FROC_FPI, iou_thr: float = 0.2) -> dict:
+    """Free-response ROC per class: lesion sensitivity at ``fpi`` false positives per image.
+
+    Detections are taken best score first, over all images. A detection *hits*
+    a ground-truth lesion when its centre falls inside the lesion's box or their
+    IoU is at least ``iou_thr`` (0.2: a microaneurysm box is a few pixels, so a
+    one-pixel shift already costs half the IoU). The first hit on a lesion is a
+    true positive; later hits on the same lesion, and hits on ``difficult``
+    lesions, count as neither true nor false positives. Anything else is a
+    false positive. Sensitivity at a rate r is the best reached with at most
+    ``r × n_images`` false positives. Returns ``{cls: {"0.125": s, ..., "mean": m}}``
+    (``nan`` for classes without ground truth).
+    """
+    by_stem = {r.stem: r for r in gt}
+    n_img = len(gt)
+    out: dict[str, dict[str, float]] = {}
+    for c in classes:
+        boxes = {s: np.array([o.box for o in r.objects if o.label == c], float).reshape(-1, 4)
+                 for s, r in by_stem.items()}
+        hard = {s: np.array([o.difficult for o in r.objects if o.label == c], bool)
+                for s, r in by_stem.items()}
+        n_pos = int(sum((~h).sum() for h in hard.values()))
+        if n_pos == 0:
+            out[c] = {**{f"{f:g}": float("nan") for f in fpi}, "mean": float("nan")}
+            continue
+        dets = sorted(((o.score if o.score is not None else 1.0, p.stem, o.box) for p in preds if p.stem in by_stem
+                       for o in p.objects if o.label == c), key=lambda d: -d[0])
+        found = {s: np.zeros(len(b), bool) for s, b in boxes.items()}
+        tp = fp = 0
+        curve = [(0, 0)]  # (false positives, true positives) after each detection, best first
+        for _, stem, box in dets:
+            hit = _hits(box, boxes[stem], iou_thr)
+            new = hit & ~found[stem] & ~hard[stem]
+            if new.any():
+                found[stem][np.flatnonzero(new)[0]] = True
+                tp += 1
+            elif not hit.any():
+                fp += 1
+            curve.append((fp, tp))
+        fps, tps = np.array(curve).T
+        row = {}
+        for f in fpi:
+            ok = fps <= f * n_img
+            row[f"{f:g}"] = float(tps[ok].max() / n_pos)
+        row["mean"] = float(np.mean([row[f"{f:g}"] for f in fpi]))
+        out[c] = row
+    return out
+
+
+def ap_by_size(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
+               max_dets: int = MAX_DETS) -> dict:
+    """AP50 over all classes per lesion-size bucket (``SIZE_BUCKETS``), with ground-truth counts.
+
+    Uses pycocotools' area ranges: ground truth outside a bucket is ignored
+    there, and so are unmatched detections outside it.
+    """
+    coco_gt, coco_dt = to_coco(gt, preds, classes)
+    counts = {k: 0 for k in SIZE_BUCKETS}
+    for r in gt:
+        for o in r.objects:
+            side = math.sqrt(max(o.area, 0.0))
+            for k, (lo, hi) in SIZE_BUCKETS.items():
+                if lo <= side < hi and not o.difficult:
+                    counts[k] += 1
+    if not coco_gt.dataset["annotations"]:
+        return {k: {"AP50": float("nan"), "n_gt": 0} for k in SIZE_BUCKETS}
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.params.maxDets = [max_dets]
+    ev.params.iouThrs = np.array([0.5])
+    ev.params.areaRng = [[lo ** 2, hi ** 2] for lo, hi in SIZE_BUCKETS.values()]
+    ev.params.areaRngLbl = list(SIZE_BUCKETS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"]  # [1 IoU, recall, classes, areas, 1 maxDet]
+    return {k: {"AP50": _mean(prec[0, :, :, a, 0]), "n_gt": counts[k]} for a, k in enumerate(SIZE_BUCKETS)}
+
+
+def evaluate_detections(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str]) -> dict:
+    """Everything ``lesiondet eval`` reports: COCO AP, FROC per class and AP50 per size bucket."""
+    result = coco_map(gt, preds, classes)
+    result["froc"] = froc(gt, preds, classes)
+    result["ap50_by_size"] = ap_by_size(gt, preds, classes)
+    return result
+
+
+def format_froc(result: dict) -> str:
+    """Plain-text FROC table: sensitivity per class at each false-positive rate."""
+    rates = list(FROC_FPI)
+    lines = [f"{'FROC':<8} " + " ".join(f"{f'{f:g}':>6}" for f in rates) + f" {'mean':>6}   (sensitivity at FP/image)"]
+    for c, row in result["froc"].items():
+        vals = [row[f"{f:g}"] for f in rates] + [row["mean"]]
+        lines.append(f"{c:<8} " + " ".join("   -  " if math.isnan(v) else f"{v:6.3f}" for v in vals))
+    sizes = result.get("ap50_by_size") or {}
+    if sizes:
+        cells = []
+        for k, v in sizes.items():
+            ap = "-" if math.isnan(v["AP50"]) else f"{v['AP50']:.3f}"
+            cells.append(f"{k} {ap} (n={v['n_gt']})")
+        lines.append("AP50 by lesion size (sqrt area, px): " + ", ".join(cells))
+    return "\n".join(lines)
+
+
 def format_table(result: dict) -> str:
     """Plain-text table: one row per class and an 'all' row."""
     def f(x: float) -> str:

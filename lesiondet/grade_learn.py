@@ -108,25 +108,9 @@ def read_labels_csv(path: str | Path) -> dict[str, int]:
 
 
 def plot_confusion(path: str | Path, y_true: Sequence[int], y_pred: Sequence[int], title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
 
-    from .fileio import atomic_path
+    from .report import plot_confusion_matrix
 
-    labels = list(range(5))
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    fig, ax = plt.subplots(figsize=(5, 4.3))
-    ax.imshow(cm, cmap="Blues")
-    for i in labels:
-        for j in labels:
-            ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xticks(labels), ax.set_yticks(labels)
-    ax.set_xlabel("predicted grade"), ax.set_ylabel("reference grade"), ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(5)))
+    return plot_confusion_matrix(path, cm, [str(g) for g in range(5)], title, "predicted grade", "reference grade")

@@ -1,16 +1,20 @@
 """``Predictor``: a trained checkpoint turned into detections for image files or arrays."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from .data import to_tensor
+from .data import fit_to, to_tensor
 from .device import resolve_device
 from .images import read_rgb
 from .model import detector_from_checkpoint, load_checkpoint
+from .tiling import (drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling, should_slice,
+                     slice_windows, window_size)
 from .voc import VocObject, VocRecord
 
 
@@ -23,19 +27,117 @@ def detections_from_output(out: dict, classes: Sequence[str], score: float) -> l
     return [VocObject(classes[lab - 1], tuple(b), False, s) for b, s, lab in zip(boxes, scores, labels)]
 
 
+@contextlib.contextmanager
+def input_size(model: torch.nn.Module, min_size: int, max_size: int) -> Iterator[None]:
+    """Temporarily change the size torchvision's transform resizes inputs to."""
+    t = model.transform
+    old = t.min_size, t.max_size
+    t.min_size, t.max_size = (int(min_size),), int(max_size)
+    try:
+        yield
+    finally:
+        t.min_size, t.max_size = old
+
+
+def _tile_passes(model, img, t, device, add) -> None:
+    h, w = img.shape[:2]
+    fov = low_res_fov(img)
+    windows = [wd for wd in slice_windows(w, h, window_size(t), float(t["overlap"]))
+               if fov_share(fov[0], fov[1], wd) >= t["fov_min"]]
+    full = to_tensor(img)
+    for i in range(0, len(windows), int(t["batch"])):
+        chunk = windows[i:i + int(t["batch"])]
+        outs = model([full[:, y0:y1, x0:x1].to(device) for x0, y0, x1, y1 in chunk])
+        for (x0, y0, x1, y1), o in zip(chunk, outs):
+            keep = drop_cut_boxes(o["boxes"].cpu(), (x0, y0, x1, y1), w, h) if t["full_pass"] else None
+            add(o, 1.0, x0, y0, keep)
+
+
+@torch.inference_mode()
+def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str, Any], device: torch.device,
+                   max_det: int = 1000) -> dict[str, torch.Tensor]:
+    """Detections for one image, in its pixel coordinates, the way ``tiling`` says.
+
+    Sliced: overlapping tiles of ``tile / zoom`` source pixels, batched, plus a
+    whole-image pass shrunk to the tile for large objects; pieces of objects cut
+    by a tile edge are dropped when the whole-image pass is on, then everything
+    is merged per class. Not sliced: one pass, either the whole image shrunk to
+    the tile (``slice: auto``, as in training) or at native size times zoom
+    (``slice: false``).
+    """
+    model.eval()
+    h, w = img.shape[:2]
+    t = tiling
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(out: dict, scale: float = 1.0, dx: int = 0, dy: int = 0, keep: torch.Tensor | None = None) -> None:
+        b, s, lab = out["boxes"].cpu(), out["scores"].cpu(), out["labels"].cpu()
+        if keep is not None:
+            b, s, lab = b[keep], s[keep], lab[keep]
+        b = b / scale + torch.tensor([dx, dy, dx, dy], dtype=b.dtype)
+        parts.append((b, s, lab))
+
+    if not should_slice(w, h, t) and t["slice"] is False:
+        z = float(t["zoom"])
+        with input_size(model, round(min(h, w) * z), round(max(h, w) * z)):
+            add(model([to_tensor(img).to(device)])[0])
+    else:
+        with input_size(model, t["tile"], t["tile"]):  # a --tile override must reach the model too
+            if should_slice(w, h, t):
+                _tile_passes(model, img, t, device, add)
+            if t["full_pass"] or not should_slice(w, h, t):
+                small, s = fit_to(img, t["tile"])
+                o = model([to_tensor(small).to(device)])[0]
+                keep = None
+                if should_slice(w, h, t):  # small objects are the tiles' job; here they are a few blurred px
+                    b = o["boxes"].cpu()
+                    keep = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= t["full_min_px"]
+                add(o, s, keep=keep)
+    boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 4)
+    scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
+    labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
+    if len(parts) > 1:
+        boxes, scores, labels = merge_detections(boxes, scores, labels, t["merge"], float(t["merge_iou"]), max_det)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
 @torch.inference_mode()
 def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classes: Sequence[str],
-                    device: torch.device, score: float = 0.01, batch: int = 2) -> list[VocRecord]:
-    """Run ``model`` on each record's image; returns the records with predicted objects."""
+                    device: torch.device, score: float = 0.01, batch: int = 2,
+                    tiling: Mapping[str, Any] | None = None, progress: bool = False) -> list[VocRecord]:
+    """Run ``model`` on each record's image; returns the records with predicted objects.
+
+    With ``tiling`` (what a lesiondet checkpoint stores) each image goes through
+    ``sliced_predict``; without it, whole images are batched as torchvision does.
+    """
     model.eval()
     out: list[VocRecord] = []
     records = list(records)
+    bar = tqdm(total=len(records), desc="predict", leave=False, disable=not progress, dynamic_ncols=True)
+    if tiling is not None:
+        for r in records:
+            o = sliced_predict(model, read_rgb(r.image_path), tiling, device)
+            out.append(r.with_objects(detections_from_output(o, classes, score)))
+            bar.update()
+        bar.close()
+        return out
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
         imgs = [to_tensor(read_rgb(r.image_path)).to(device) for r in chunk]
         for r, o in zip(chunk, model(imgs)):
             out.append(r.with_objects(detections_from_output(o, classes, score)))
+        bar.update(len(chunk))
+    bar.close()
     return out
+
+
+def checkpoint_tiling(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, Any] | None:
+    """The tiling a checkpoint was trained with, with CLI overrides; None for untiled checkpoints."""
+    if ckpt.get("tiling") is None:
+        return None
+    return resolve_tiling({**ckpt["tiling"], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 class Predictor:
@@ -46,7 +148,8 @@ class Predictor:
     >>> [(o.label, o.score) for o in rec.objects]     # doctest: +SKIP
     """
 
-    def __init__(self, weights: str | Path, device: str = "auto", score: float = 0.3) -> None:
+    def __init__(self, weights: str | Path, device: str = "auto", score: float = 0.3,
+                 **tiling: Any) -> None:
         self.weights = Path(weights)
         self.device = resolve_device(device)
         ckpt = load_checkpoint(str(self.weights))
@@ -54,10 +157,15 @@ class Predictor:
         self.model.to(self.device).eval()
         self.score = score
         self.config = ckpt.get("config", {})
+        #: Slicing settings from training, overridable (``tile=``, ``overlap=``, ``slice=``, ``merge=`` ...).
+        self.tiling = checkpoint_tiling(ckpt, **tiling)
 
     @torch.inference_mode()
     def predict_array(self, img: np.ndarray, image_path: str | Path = "image") -> VocRecord:
-        out = self.model([to_tensor(img).to(self.device)])[0]
+        if self.tiling is not None:
+            out = sliced_predict(self.model, img, self.tiling, self.device)
+        else:
+            out = self.model([to_tensor(img).to(self.device)])[0]
         h, w = img.shape[:2]
         return VocRecord(Path(image_path), w, h, tuple(detections_from_output(out, self.classes, self.score)))
 

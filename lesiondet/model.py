@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 
 from . import backbones
 from .errors import CheckpointError, LesiondetError
@@ -94,6 +95,34 @@ def _levels(backbone: torch.nn.Module) -> int:
     return n
 
 
+class MaskedRoIHeads(RoIHeads):
+    """Torchvision's box head, with a per-image mask over the classification outputs in training.
+
+    A target may carry ``class_mask`` (bool, background + classes): outputs it
+    leaves out are removed from that image's softmax, so a class its source
+    never annotates is neither rewarded nor punished there. Parameters and
+    inference are exactly torchvision's.
+    """
+
+    @classmethod
+    def from_heads(cls, heads: RoIHeads) -> "MaskedRoIHeads":
+        new = cls.__new__(cls)
+        new.__dict__.update(heads.__dict__)
+        return new
+
+    def forward(self, features, proposals, image_shapes, targets=None):  # type: ignore[override]
+        if not self.training or targets is None or not all("class_mask" in t for t in targets):
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        feats = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(feats)
+        mask = torch.cat([t["class_mask"].to(class_logits.device).expand(len(p), -1)
+                          for t, p in zip(targets, proposals)])
+        class_logits = class_logits.masked_fill(~mask, -1e4)  # -1e4 is finite in float16 too
+        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+
 def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None,
                    load_pretrained: bool = True) -> FasterRCNN:
     """Faster R-CNN with ``num_classes`` outputs (background included).
@@ -115,10 +144,12 @@ def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None,
     ratios = (tuple(float(r) for r in arch["aspect_ratios"]),) * levels
     anchor_gen = AnchorGenerator(tuple(sizes), ratios)
     keys = [k for k in DEFAULT_ARCH if k.startswith(("rpn_", "box_"))]
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone, num_classes=num_classes, rpn_anchor_generator=anchor_gen,
         min_size=arch["min_size"], max_size=arch["max_size"], **{k: arch[k] for k in keys},
     )
+    model.roi_heads = MaskedRoIHeads.from_heads(model.roi_heads)
+    return model
 
 
 CHECKPOINT_FORMAT = "lesiondet-detector/1"

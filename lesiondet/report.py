@@ -34,7 +34,8 @@ def draw(img: np.ndarray, record: VocRecord, thickness: int | None = None) -> np
         c = colour(o.label)
         cv2.rectangle(out, (x0 - pad, y0 - pad), (x1 + pad - 1, y1 + pad - 1), c, t)
         text = o.label if o.score is None else f"{o.label} {o.score:.2f}"
-        if o.width >= 12 or o.label == "OD":
+        # Text only where it fits beside the box; colour and the legend say the rest on busy images.
+        if o.label == "OD" or (o.width >= 60 * font and len(record.objects) <= 100):
             cv2.putText(out, text, (x0, max(10, y0 - pad - 2)), cv2.FONT_HERSHEY_SIMPLEX, font, c, t, cv2.LINE_AA)
     counts = Counter(o.label for o in record.objects)
     y = int(20 * font / 0.5)
@@ -100,3 +101,27 @@ def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
     plt.close(fig)
     return Path(path)
 
+
+
+def plot_confusion_matrix(path: str | Path, cm: np.ndarray, names: Sequence[str], title: str,
+                          xlabel: str = "predicted", ylabel: str = "reference") -> Path:
+    """A confusion matrix as PNG, counts written in the cells; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.85 * k))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(k), names), ax.set_yticks(range(k), names)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -150,3 +150,65 @@ def write_sample(out_dir: str | Path, n_train: int = 24, n_val: int = 6, n_test:
             write_voc(rec, out / split / "Annotations" / f"{stem}.xml")
             index += 1
     return out
+
+
+# --------------------------------------------------------------------------- OCT B-scans
+def make_oct(kind: str, rng: np.random.Generator, width: int = 256, height: int = 192) -> np.ndarray:
+    """A greyscale OCT-like B-scan (uint8) with the sign of ``kind``.
+
+    Layered bright bands over a dark vitreous, with a foveal dip and speckle.
+    DME: dark fluid pockets inside the retina. DRUSEN: bumps lifting the bright
+    RPE band. CNV: a thick bright lesion under the retina that lifts it.
+    NORMAL: layers only.
+    """
+    x = np.arange(width)
+    base = height * 0.35 + rng.uniform(-8, 8) + 10 * np.sin(x / width * np.pi * rng.uniform(0.5, 1.5))
+    dip = 14 * np.exp(-((x - width * rng.uniform(0.4, 0.6)) / (width * 0.08)) ** 2)
+    top = base + dip
+    thickness = height * 0.3
+    img = np.zeros((height, width), np.float32)
+    ys = np.arange(height)[:, None]
+    rpe = top + thickness
+    if kind == "DRUSEN":
+        for _ in range(rng.integers(3, 6)):
+            cx, w_, h_ = rng.uniform(0.15, 0.85) * width, rng.uniform(6, 14), rng.uniform(5, 10)
+            rpe = rpe - h_ * np.exp(-((x - cx) / w_) ** 2)
+    if kind == "CNV":
+        cx, w_ = rng.uniform(0.3, 0.7) * width, rng.uniform(18, 30)
+        lift = rng.uniform(14, 24) * np.exp(-((x - cx) / w_) ** 2)
+        top, rpe = top - lift, rpe - lift
+    # layers: nerve fibre (bright), plexiform bands, dark nuclear layers, RPE (brightest)
+    rel = (ys - top[None, :]) / thickness
+    img += 150 * ((rel >= 0) & (rel < 0.12))
+    img += 90 * ((rel >= 0.3) & (rel < 0.4))
+    img += 70 * ((rel >= 0.55) & (rel < 0.62))
+    img += 210 * ((ys >= rpe[None, :] - 4) & (ys < rpe[None, :] + 5))
+    img += 60 * ((ys >= rpe[None, :] + 5) & (ys < rpe[None, :] + 30))
+    if kind == "CNV":
+        cx = int(np.argmin(rpe))  # the top of the lift
+        cy = int(rpe[cx] + 10)
+        cv2.ellipse(img, (cx, cy), (int(rng.uniform(14, 22)), int(rng.uniform(7, 11))), 0, 0, 360, 190, -1)
+    if kind == "DME":
+        for _ in range(rng.integers(2, 5)):
+            cx = int(rng.uniform(0.25, 0.75) * width)
+            cy = int(top[cx] + rng.uniform(0.3, 0.7) * thickness)
+            cv2.ellipse(img, (cx, cy), (int(rng.uniform(6, 14)), int(rng.uniform(4, 9))), 0, 0, 360, 5, -1)
+    img = cv2.GaussianBlur(img, (0, 0), 1.2)
+    img *= rng.gamma(4.0, 0.25, img.shape).astype(np.float32)  # multiplicative speckle
+    img += rng.normal(8, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_oct_sample(out_dir: str | Path, per_class: int = 8, patients: int = 4, seed: int = 0,
+                     width: int = 256, height: int = 192) -> Path:
+    """Class-per-folder synthetic OCT set with Kermany names ``CLASS-PATIENT-N.jpeg``."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    for k, kind in enumerate(("CNV", "DME", "DRUSEN", "NORMAL")):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            patient = 1000 * (k + 1) + i % patients
+            img = make_oct(kind, rng, width, height)
+            cv2.imwrite(str(out / kind / f"{kind}-{patient}-{i // patients + 1}.jpeg"), img,
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return out

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import DEFAULT_TRAIN
-from .data import DetectionDataset, collate, train_transforms
+from .data import TileDataset, collate, train_transforms
 from .device import init_distributed
 from .evaluate import coco_map
 from .fileio import save_torch
@@ -29,6 +29,7 @@ from .infer import predict_records
 from .labels import LabelMap
 from .model import CHECKPOINT_FORMAT, build_detector, resolve_arch
 from .report import plot_curves, write_metrics_csv
+from .tiling import auto_zoom, resolve_tiling
 from .voc import VocRecord
 
 
@@ -65,31 +66,63 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(it: int) -> float:
-        if it < warmup:
-            return 0.001 + (1 - 0.001) * it / warmup
-        progress = (it - warmup) / max(1, total - warmup)
+class Schedule:
+    """Linear warm-up, then cosine decay to 1% over whichever runs out first: iterations or time.
+
+    With ``--time-limit`` the decay follows the clock (as Ultralytics' ``time=``
+    does), so a run cut short by its budget still ends at a low learning rate.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+        self.time_progress = 0.0  # share of the time budget used; set by the loop
+
+    def __call__(self, it: int) -> float:
+        if it < self.warmup:
+            return 0.001 + (1 - 0.001) * it / self.warmup
+        progress = max((it - self.warmup) / max(1, self.total - self.warmup), self.time_progress)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * 0.99 + 0.01
-    return f
 
 
 def evaluate_model(model: torch.nn.Module, records: Sequence[VocRecord], classes: Sequence[str],
-                   device: torch.device, score: float = 0.01) -> dict:
-    preds = predict_records(model, records, classes, device, score=score)
+                   device: torch.device, score: float = 0.01, tiling: dict | None = None) -> dict:
+    preds = predict_records(model, records, classes, device, score=score, tiling=tiling)
     return coco_map(records, preds, classes)
+
+
+def val_subset(records: Sequence[VocRecord], n: int) -> list[VocRecord]:
+    """``n`` records spread evenly over ``records`` (all when ``n`` is 0): the per-epoch fitness set."""
+    records = list(records)
+    if n <= 0 or n >= len(records):
+        return records
+    return [records[round(i * (len(records) - 1) / (n - 1))] for i in range(n)] if n > 1 else records[:1]
+
+
+def resolve_tiling_for(cfg: dict[str, Any], records: Sequence[VocRecord]) -> dict[str, Any]:
+    """The run's tiling with ``zoom: auto`` turned into a number from the training boxes."""
+    tiling = resolve_tiling(cfg.get("tiling"))
+    if tiling["zoom"] == "auto":
+        tiling["zoom"] = round(auto_zoom(records, tiling["zoom_target_px"], tiling["max_zoom"]), 3)
+    return tiling
 
 
 def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], label_map: LabelMap,
           cfg: dict[str, Any], out_dir: str | Path, device: torch.device, *, resume: str | Path | None = None,
-          time_limit_min: float | None = None, log: Callable[[str], None] = print) -> dict:
+          time_limit_min: float | None = None, log: Callable[[str], None] = print,
+          annotated: dict[str, Sequence[str]] | None = None) -> dict:
     """Train a detector; returns a summary with the run folder, best fitness and epochs done.
 
     ``out_dir`` must exist (the CLI makes a fresh numbered one). With ``resume``,
     training continues from that ``last.pt`` with the state it saved.
+    ``annotated`` maps a record ``source`` to the classes it labels, for
+    training on datasets with different label sets (see ``data.class_mask``).
+    ``cfg["tiling"]`` sets how images are cut into tiles (``tiling.DEFAULT_TILING``).
     """
     tcfg = {**DEFAULT_TRAIN, **cfg.get("train", {})}
-    arch = resolve_arch(cfg.get("model"))
+    # Resolved once (zoom: auto becomes a number) and kept in the config, so a resumed run cuts the same tiles.
+    tiling = cfg.setdefault("tiling_resolved", resolve_tiling_for(cfg, train_records))
+    # Tiles and the whole-image view are both fed at the tile size; the transform must not resize them.
+    arch = resolve_arch({**(cfg.get("model") or {}), "min_size": tiling["tile"], "max_size": tiling["tile"]})
     rank, world, device = init_distributed(device)
     main = rank == 0
     out_dir = Path(out_dir)
@@ -100,7 +133,9 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
 
-    ds = DetectionDataset(train_records, label_map, train_transforms(cfg.get("augment")), tcfg["use_difficult"])
+    ds = TileDataset(train_records, label_map, tiling, train_transforms(cfg.get("augment")), tcfg["use_difficult"],
+                     annotated)
+    val_fit = val_subset(val_records, int(tcfg["val_max_images"]))
     sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=tcfg["seed"]) if world > 1 else None
     gen = torch.Generator().manual_seed(int(tcfg["seed"]))
     loader = DataLoader(ds, batch_size=tcfg["batch"], shuffle=sampler is None, sampler=sampler,
@@ -108,8 +143,8 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
                         generator=gen, persistent_workers=tcfg["workers"] > 0, drop_last=len(ds) > tcfg["batch"])
     epochs = int(tcfg["epochs"])
     total_iters = epochs * max(1, len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(tcfg["warmup_iters"], total_iters // 2 or 1),
-                                                              total_iters))
+    schedule = Schedule(min(tcfg["warmup_iters"], total_iters // 2 or 1), total_iters)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     use_amp = bool(tcfg["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -134,12 +169,23 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     meta = {"format": CHECKPOINT_FORMAT, "lesiondet_version": __version__, "classes": classes,
-            "label_map": label_map.to_dict(), "arch": arch, "config": cfg}
-    t_start = time.monotonic()
+            "label_map": label_map.to_dict(), "arch": arch, "tiling": tiling, "config": cfg,
+            "annotated": {k: list(v) for k, v in (annotated or {}).items()}}
+    # A resumed run continues its clock: --time-limit covers the whole run, not each attempt.
+    t_start = time.monotonic() - (history[-1]["time_s"] if history else 0.0)
     budget = None if time_limit_min is None else time_limit_min * 60.0
     stopped_early = False
+    val_s = 0.0  # how long the last validation took: training stops early enough to fit one more
     epoch = start_epoch - 1
     for epoch in range(start_epoch, epochs):
+        if budget is not None and history and _should_stop(time.monotonic() - t_start + val_s > budget, world,
+                                                          device):
+            epoch -= 1  # no room for another epoch and its validation
+            stopped_early = True
+            if main:
+                log(f"time limit of {time_limit_min:g} min leaves no room for epoch {epoch + 2}; "
+                    f"best.pt and last.pt are in {out_dir}")
+            break
         if sampler is not None:
             sampler.set_epoch(epoch)
         ddp_model.train()
@@ -162,18 +208,22 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
                 torch.nn.utils.clip_grad_norm_(params, tcfg["clip_grad"])
             scaler.step(opt)
             scaler.update()
+            if budget is not None:
+                schedule.time_progress = (time.monotonic() - t_start) / budget
             sched.step()
             n += 1
             for k, v in {"loss": loss, **losses}.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
-            if budget is not None and _should_stop(time.monotonic() - t_start > budget, world, device):
+            if budget is not None and _should_stop(time.monotonic() - t_start + val_s > budget, world, device):
                 stopped_early = True
                 break
         bar.close()
 
         if main:
-            metrics = evaluate_model(model, val_records, classes, device, tcfg["val_score"])
+            t_val = time.monotonic()
+            metrics = evaluate_model(model, val_fit, classes, device, tcfg["val_score"], tiling)
+            val_s = time.monotonic() - t_val
             row = {"epoch": epoch + 1, "time_s": round(time.monotonic() - t_start, 1),
                    "lr": opt.param_groups[0]["lr"], **{k: v / max(1, n) for k, v in sums.items()},
                    "val_mAP": metrics["mAP"], "val_mAP50": metrics["mAP50"],

@@ -60,10 +60,13 @@ def tiny_sample(tmp_path_factory) -> Path:
     return write_sample(tmp_path_factory.mktemp("tiny") / "sample", 6, 2, 2, size=256, seed=7)
 
 
+# 128-px tiles on 256-px images, so the fast tests go through slicing too.
 TINY_CONFIG = """
+tiling:
+  tile: 128
+  zoom: 1
+  tiles_per_image: 2
 model:
-  min_size: 256
-  max_size: 256
   fpn_channels: 64
   anchor_sizes: [[4, 8], [16, 32], [48, 64], [96, 128]]
 train:

@@ -17,7 +17,8 @@ def test_train_writes_a_complete_run_folder(trained_run: Path):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         assert (trained_run / name).is_file(), name
     ck = torch.load(trained_run / "best.pt", weights_only=False)
-    assert ck["classes"] == ["MA", "HE", "EX", "OD"] and ck["arch"]["min_size"] == 256
+    assert ck["classes"] == ["MA", "HE", "EX", "OD"] and ck["arch"]["min_size"] == 128
+    assert ck["tiling"]["tile"] == 128 and ck["tiling"]["zoom"] == 1
     header = (trained_run / "metrics.csv").read_text().splitlines()[0]
     assert "val_mAP50" in header and "loss_classifier" in header
     assert not list(trained_run.glob("*.tmp"))
@@ -78,6 +79,28 @@ def test_eval_of_ground_truth_against_itself_is_one(tiny_sample, tmp_path):
     assert main(["eval", "--map", "--voc", gt, "--pred", gt, "--json", str(tmp_path / "g.json")]) == 0
     doc = json.loads((tmp_path / "g.json").read_text())
     assert doc["mAP"] == 1.0 and doc["mAP50"] == 1.0
+    assert set(doc["froc"]["MA"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "8", "mean"}
+    assert doc["froc"]["MA"]["0.125"] == 1.0 and doc["froc"]["EX"]["mean"] == 1.0
+    assert sum(b["n_gt"] for b in doc["ap50_by_size"].values()) == sum(c["n_gt"] for c in doc["per_class"].values())
+
+
+def test_eval_and_detect_take_slicing_options(trained_run, tiny_sample, tmp_path):
+    gt = str(tiny_sample / "test")
+    for extra in (["--no-slice"], ["--tile", "96", "--overlap", "0.5", "--merge", "wbf"]):
+        assert main(["eval", "--map", "--voc", gt, "--weights", str(trained_run / "best.pt"), *extra]) == 0
+
+
+def test_training_on_two_datasets_records_what_each_annotates(tiny_sample, tiny_config, tmp_path):
+    train = tiny_sample / "train"
+    (tmp_path / "full.yaml").write_text(f"name: full\npath: {train}\nlabels:\n  classes: [MA, HE, EX, OD]\n")
+    (tmp_path / "part.yaml").write_text(f"name: part\npath: {train}\nlabels:\n  classes: [EX]\n"
+                                        "  ignore: [MA, HE, OD]\n")
+    out = tmp_path / "run"
+    assert main(["train", "--voc", str(tmp_path / "full.yaml"), "--voc", str(tmp_path / "part.yaml"),
+                 "--config", str(tiny_config), "--out", str(out), "--time-limit", "0.01"]) == 0
+    ck = torch.load(out / "best.pt", weights_only=False)
+    assert ck["classes"] == ["MA", "HE", "EX", "OD"]
+    assert ck["annotated"] == {"full": ["MA", "HE", "EX", "OD"], "part": ["EX"]}
 
 
 def test_resume_continues_from_last_pt(trained_run, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from lesiondet.evaluate import coco_map, to_coco
+from lesiondet.evaluate import FROC_FPI, ap_by_size, coco_map, froc, to_coco
 from lesiondet.voc import VocObject, VocRecord
 
 
@@ -71,3 +71,44 @@ def test_figures_equal_a_direct_pycocotools_computation():
     assert ours["mAP"] == pytest.approx(ev.stats[0], abs=1e-9)  # < 100 dets per image, so caps agree
     assert ours["mAP50"] == pytest.approx(ev.stats[1], abs=1e-9)
     assert 0.0 < ours["mAP"] < 1.0
+
+
+# --------------------------------------------------------------------------- FROC and size buckets
+def _rec(stem, objs):
+    return VocRecord(Path(f"{stem}.jpg"), 100, 100,
+                     tuple(VocObject(o[0], tuple(map(float, o[1])), *o[2:]) for o in objs))
+
+
+def test_froc_counts_hits_by_centre_or_iou_and_ignores_duplicates():
+    gt = [_rec("a", [("MA", (10, 10, 14, 14)), ("MA", (50, 50, 54, 54))]), _rec("b", [("MA", (30, 30, 34, 34))])]
+    preds = [
+        _rec("a", [("MA", (11, 11, 13, 13), False, 0.9),     # centre inside lesion 1: hit
+                   ("MA", (10, 10, 15, 15), False, 0.8),     # lesion 1 again: neither TP nor FP
+                   ("MA", (70, 70, 75, 75), False, 0.7)]),   # nothing there: false positive
+        _rec("b", [("MA", (60, 60, 64, 64), False, 0.6),     # false positive
+                   ("MA", (33, 33, 40, 40), False, 0.5)]),   # centre (36.5) outside, IoU 1/13 < 0.2: FP
+    ]
+    r = froc(gt, preds, ["MA"])["MA"]
+    # 2 images: 1/8..1/2 FP/image allow 0 FPs (1 TP), 1 FP/image allows 2 (still 1 TP).
+    assert [r[f"{f:g}"] for f in FROC_FPI] == pytest.approx([1 / 3] * 7)
+    assert r["mean"] == pytest.approx(1 / 3)
+
+
+def test_froc_reaches_full_sensitivity_on_ground_truth_and_skips_absent_classes():
+    gt = [_rec("a", [("MA", (10, 10, 14, 14)), ("EX", (40, 40, 60, 60))])]
+    r = froc(gt, gt, ["MA", "EX", "HE"])
+    assert r["MA"]["0.125"] == 1.0 and r["EX"]["mean"] == 1.0
+    assert all(np.isnan(v) for v in r["HE"].values())
+
+
+def test_froc_difficult_lesions_neither_count_nor_penalise():
+    gt = [_rec("a", [("MA", (10, 10, 14, 14), True), ("MA", (50, 50, 54, 54))])]
+    preds = [_rec("a", [("MA", (10, 10, 14, 14), False, 0.9), ("MA", (50, 50, 54, 54), False, 0.8)])]
+    assert froc(gt, preds, ["MA"])["MA"]["0.125"] == 1.0
+
+
+def test_ap_by_size_puts_lesions_in_pixel_buckets():
+    gt = [_rec("a", [("MA", (10, 10, 15, 15)), ("EX", (20, 20, 40, 40)), ("OD", (0, 0, 99, 99))])]
+    r = ap_by_size(gt, gt, ["MA", "EX", "OD"])
+    assert {k: v["n_gt"] for k, v in r.items()} == {"<8": 1, "8-16": 0, "16-32": 1, "32-96": 0, ">=96": 1}
+    assert r["<8"]["AP50"] == pytest.approx(1.0) and np.isnan(r["8-16"]["AP50"])

@@ -66,3 +66,24 @@ def test_torchvision_backbone_is_selectable_without_weights():
 def test_unknown_model_option_is_an_error():
     with pytest.raises(LesiondetError, match="unknown model option"):
         build_detector(3, {"anchor_size": [[8]]})
+
+
+def test_class_mask_keeps_an_unannotated_class_out_of_the_loss(detector):
+    """An image from a source without OD labels must not push the OD output down."""
+    torch.manual_seed(0)
+    detector.train()
+    cls = detector.roi_heads.box_predictor.cls_score
+    image = [torch.rand(3, 128, 128)]
+
+    def grad_rows(mask):
+        detector.zero_grad()
+        target = {"boxes": torch.tensor([[10.0, 10, 30, 30]]), "labels": torch.tensor([1])}
+        if mask is not None:
+            target["class_mask"] = torch.tensor(mask)
+        torch.manual_seed(1)
+        detector(image, [target])["loss_classifier"].backward()
+        return cls.weight.grad.abs().sum(1)
+
+    masked = grad_rows([True, True, True, False])  # class 3 not annotated by this image's source
+    assert masked[3] == 0 and masked[1] > 0 and masked[0] > 0
+    assert grad_rows(None)[3] > 0  # without a mask every class learns from every image

@@ -1,0 +1,251 @@
+"""lesiondet against the plain torchvision recipe on one shared fundus set, same data, same clock.
+
+    python benchmarks/real_data.py codras --minutes 20
+    python benchmarks/real_data.py idrid --minutes 20 --parallel
+
+Both detectors train on the same developer split (80/20, seed 0) for the same
+wall-clock budget on this machine and are scored on the same validation images
+by ``lesiondet eval`` (COCO AP50 per class, mAP, FROC):
+
+* **lesiondet**: ``lesiondet train --config configs/models/cpu-fast.yaml
+  --time-limit M`` (its per-epoch validation counts against the budget), then
+  ``lesiondet eval --weights best.pt``.
+* **plain torchvision**: ``fasterrcnn_mobilenet_v3_large_fpn(weights=None,
+  weights_backbone=None, num_classes=K+1, box_detections_per_img=1000)`` with
+  its default transform (min side 800), SGD lr 0.01 momentum 0.9 weight decay
+  1e-4 (the torchvision reference default), batch 2, horizontal flip, for M
+  minutes; its predictions go through ``lesiondet eval --pred``.
+
+``--parallel`` trains both at once, each with half the cores
+(``torch.set_num_threads``), so one run of the script takes M minutes instead of 2M.
+Results go to ``benchmarks/runs/DATASET/`` (``result.json``, ``table.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_split(dataset: str, out: Path) -> tuple[Path, Path, Path]:
+    """Symlinked train/ and val/ labelImg folders for the developer split; returns them and the dataset YAML."""
+    sys.path.insert(0, str(ROOT))
+    from lesiondet.data import split_records
+    from lesiondet.datasets import parse_source
+    from lesiondet.voc import read_voc_dir
+
+    yaml_path = ROOT / "configs" / "datasets" / f"{dataset}.yaml"
+    src = parse_source(yaml_path)
+    folder = Path(src.voc) if Path(src.voc).is_absolute() else ROOT / src.voc
+    records = read_voc_dir(folder, src.label_map())
+    train, val = split_records(records, 0.2, seed=0)
+    for name, recs in (("train", train), ("val", val)):
+        for sub in ("Annotations", "JPEGImages"):
+            (out / name / sub).mkdir(parents=True, exist_ok=True)
+        for r in recs:
+            for link, target in ((out / name / "Annotations" / r.xml_path.name, r.xml_path),
+                                 (out / name / "JPEGImages" / r.image_path.name, r.image_path)):
+                if not link.exists():
+                    link.symlink_to(target.resolve())
+    return out / "train", out / "val", yaml_path
+
+
+def lesiondet_cmd(train: Path, val: Path, labels: Path, minutes: float, out: Path) -> list[str]:
+    return [sys.executable, "-m", "lesiondet", "train", "--voc", str(train), "--val", str(val),
+            "--labels", str(labels), "--config", str(ROOT / "configs/models/cpu-fast.yaml"),
+            "--epochs", "1000", "--time-limit", str(minutes), "--out", str(out), "--device", "cpu"]
+
+
+def plain_train(train: Path, labels: Path, minutes: float, out: Path, threads: int) -> None:
+    """The plain torchvision recipe, trained for ``minutes`` of wall clock; writes ``out/model.pt``."""
+    import random
+
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    from lesiondet.images import read_rgb
+    from lesiondet.labels import load_label_map
+    from lesiondet.voc import read_voc_dir
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    random.seed(0)
+    lm = load_label_map(labels)
+    records = read_voc_dir(train, lm)
+
+    class Plain(Dataset):
+        def __len__(self):
+            return len(records)
+
+        def __getitem__(self, i):
+            r = records[i]
+            img = torch.from_numpy(read_rgb(r.image_path)).permute(2, 0, 1).float() / 255
+            boxes = torch.tensor([o.box for o in r.objects], dtype=torch.float32).reshape(-1, 4)
+            labels_ = torch.tensor([lm.index(o.label) for o in r.objects], dtype=torch.int64)
+            if random.random() < 0.5:  # horizontal flip
+                img = img.flip(-1)
+                boxes = torch.stack([r.width - boxes[:, 2], boxes[:, 1], r.width - boxes[:, 0], boxes[:, 3]], 1)
+            return img, {"boxes": boxes, "labels": labels_}
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
+                                              num_classes=len(lm.classes) + 1, box_detections_per_img=1000)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    loader = DataLoader(Plain(), batch_size=2, shuffle=True, num_workers=1, collate_fn=lambda b: tuple(zip(*b)),
+                        persistent_workers=True)
+    t0, it, done = time.monotonic(), 0, False
+    model.train()
+    while not done:
+        for images, targets in loader:
+            losses = model(list(images), list(targets))
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                print(f"plain: loss {loss.item()} at iteration {it}; stopping", flush=True)
+                done = True
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            it += 1
+            if it % 50 == 0:
+                print(f"plain: iteration {it}, {time.monotonic() - t0:.0f} s, loss {loss.item():.3f}", flush=True)
+            if time.monotonic() - t0 > minutes * 60:
+                done = True
+                break
+    torch.save({"model": model.state_dict(), "classes": list(lm.classes), "iterations": it}, out / "model.pt")
+    print(f"plain: {it} iterations in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
+    """Predictions of the plain model on the validation images, as labelImg XML with <score>."""
+    import torch
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    from lesiondet.images import read_rgb
+    from lesiondet.infer import detections_from_output
+    from lesiondet.labels import load_label_map
+    from lesiondet.voc import read_voc_dir, write_voc
+
+    torch.set_num_threads(threads)
+    ck = torch.load(out / "model.pt", weights_only=False)
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
+                                              num_classes=len(ck["classes"]) + 1, box_detections_per_img=1000)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    pred_dir = out / "pred"
+    pred_dir.mkdir(exist_ok=True)
+    with torch.inference_mode():
+        for r in read_voc_dir(val, load_label_map(labels)):
+            img = torch.from_numpy(read_rgb(r.image_path)).permute(2, 0, 1).float() / 255
+            o = model([img])[0]
+            write_voc(r.with_objects(detections_from_output(o, ck["classes"], 0.0)), pred_dir / f"{r.stem}.xml")
+    return pred_dir
+
+
+def evaluate(args: list[str], json_path: Path, env: dict) -> dict:
+    subprocess.run([sys.executable, "-m", "lesiondet", "eval", "--map", *args, "--json", str(json_path)],
+                   check=True, env=env, cwd=ROOT)
+    return json.loads(json_path.read_text())
+
+
+def table(dataset: str, minutes: float, res: dict, parallel: bool) -> str:
+    les, pla = res["lesiondet"], res["plain"]
+    classes = list(les["per_class"])
+
+    def f(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    def ratio(a, b):
+        if a is None or b is None:
+            return "–"
+        if b == 0:
+            return "∞" if a > 0 else "–"
+        return f"{a / b:.1f}×" if a / b < 10 else f"{a / b:.0f}×"
+
+    lines = [f"### {dataset.upper()} — {minutes:g} min per model"
+             + (" (trained concurrently, half the cores each)" if parallel else ""),
+             "", "| metric | lesiondet | plain torchvision | ratio |", "|---|---|---|---|"]
+    for c in classes:
+        a, b = les["per_class"][c]["AP50"], pla["per_class"][c]["AP50"]
+        lines.append(f"| AP50 {c} (n={les['per_class'][c]['n_gt']}) | {f(a)} | {f(b)} | {ratio(a, b)} |")
+    lines.append(f"| mAP50 | {f(les['mAP50'])} | {f(pla['mAP50'])} | {ratio(les['mAP50'], pla['mAP50'])} |")
+    lines.append(f"| mAP@[.5:.95] | {f(les['mAP'])} | {f(pla['mAP'])} | {ratio(les['mAP'], pla['mAP'])} |")
+    for c in classes:
+        if c in ("MA", "HE_MA"):
+            a, b = les["froc"][c]["mean"], pla["froc"][c]["mean"]
+            a8, b8 = les["froc"][c]["8"], pla["froc"][c]["8"]
+            lines.append(f"| FROC {c} mean (1/8–8 FP/img) | {f(a)} | {f(b)} | {ratio(a, b)} |")
+            lines.append(f"| FROC {c} at 8 FP/img | {f(a8)} | {f(b8)} | {ratio(a8, b8)} |")
+    lines.append(f"| training iterations / epochs | {res.get('lesiondet_epochs', '–')} epochs | "
+                 f"{res.get('plain_iterations', '–')} iterations | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", choices=["codras", "heimed", "idrid"])
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--parallel", action="store_true", help="train both at once, half the cores each")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"))
+    ap.add_argument("--plain-train", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    out = Path(a.out) / a.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, labels = make_split(a.dataset, out / "split")
+    cores = os.cpu_count() or 2
+    threads = max(1, cores // 2) if a.parallel else cores
+    if a.plain_train:
+        plain_train(train, labels, a.minutes, out / "plain", threads)
+        return
+    (out / "plain").mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    les_out = out / "lesiondet"
+    if les_out.exists():
+        import shutil
+
+        shutil.rmtree(les_out)
+    les_cmd = lesiondet_cmd(train, val, labels, a.minutes, les_out)
+    plain_cmd = [sys.executable, __file__, a.dataset, "--minutes", str(a.minutes), "--out", a.out, "--plain-train"] \
+        + (["--parallel"] if a.parallel else [])
+    t0 = time.monotonic()
+    with open(out / "lesiondet.log", "w") as l1, open(out / "plain.log", "w") as l2:
+        if a.parallel:
+            p1 = subprocess.Popen(les_cmd, env=env, stdout=l1, stderr=subprocess.STDOUT, cwd=ROOT)
+            p2 = subprocess.Popen(plain_cmd, env=env, stdout=l2, stderr=subprocess.STDOUT, cwd=ROOT)
+            rc = p1.wait(), p2.wait()
+        else:
+            rc = (subprocess.run(les_cmd, env=env, stdout=l1, stderr=subprocess.STDOUT, cwd=ROOT).returncode,
+                  subprocess.run(plain_cmd, env=env, stdout=l2, stderr=subprocess.STDOUT, cwd=ROOT).returncode)
+    if any(rc):
+        sys.exit(f"training failed (exit codes {rc}); see {out}/lesiondet.log and {out}/plain.log")
+    print(f"trained both in {time.monotonic() - t0:.0f} s", flush=True)
+    env_eval = {**env, "OMP_NUM_THREADS": str(cores)}
+    res = {"dataset": a.dataset, "minutes": a.minutes, "parallel": a.parallel, "threads_per_model": threads,
+           "machine": f"{cores} cores, {sys.platform}"}
+    res["lesiondet"] = evaluate(["--voc", str(val), "--labels", str(labels), "--weights",
+                                 str(les_out / "best.pt"), "--device", "cpu"], out / "lesiondet_eval.json", env_eval)
+    pred = plain_predict(val, labels, out / "plain", cores)
+    res["plain"] = evaluate(["--voc", str(val), "--labels", str(labels), "--pred", str(pred)],
+                            out / "plain_eval.json", env_eval)
+    import csv
+
+    with open(les_out / "metrics.csv") as fh:
+        res["lesiondet_epochs"] = len(list(csv.DictReader(fh)))
+    log = (out / "plain.log").read_text().strip().splitlines()
+    res["plain_iterations"] = next((ln.split()[1] for ln in reversed(log) if " iterations in " in ln), "?")
+    (out / "result.json").write_text(json.dumps(res, indent=1))
+    md = table(a.dataset, a.minutes, res, a.parallel)
+    (out / "table.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

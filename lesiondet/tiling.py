@@ -1,0 +1,275 @@
+"""Slicing large fundus photographs into tiles, after SAHI's slicing functions.
+
+Lesions are a few pixels wide in photographs thousands of pixels across, so the
+detector works on tiles cut from the native-resolution image:
+
+* training crops tiles centred on lesions (class-balanced), random tiles inside
+  the field of view for background, and a share of whole, downscaled images so
+  the large objects (optic disc, big haemorrhages) are learnt at full extent;
+* inference slices the image into overlapping tiles, adds one downscaled
+  whole-image pass, and merges the passes per class (NMS or weighted box fusion).
+
+A *window* is ``(x0, y0, x1, y1)`` in integer source pixels. ``zoom`` z means a
+window of ``tile / z`` source pixels is fed to the model as ``tile`` pixels, so
+z > 1 enlarges lesions that would otherwise be smaller than the smallest anchor.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Iterable, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import batched_nms, box_iou
+
+from .errors import LesiondetError
+from .voc import VocObject, VocRecord
+
+DEFAULT_TILING: dict[str, Any] = {
+    "tile": 512,           # model input side of one tile, px
+    "overlap": 0.2,        # minimum overlap of neighbouring tiles, as a share of the tile
+    "zoom": "auto",        # number, or auto: the 10th-percentile lesion reaches zoom_target_px
+    "zoom_target_px": 8,
+    "max_zoom": 4.0,
+    "slice": "auto",       # auto: slice images larger than 1.25 tiles; true; false (one native pass)
+    "full_pass": True,     # add a whole-image pass at tile size for large objects
+    "full_min_px": 6,      # from that pass (when sliced), keep objects at least this big in its pixels
+    "merge": "nms",        # nms | wbf
+    "merge_iou": 0.5,
+    "batch": 4,            # tiles per forward pass at inference
+    "pos_fraction": 0.6,   # training tiles centred on a lesion
+    "full_fraction": 0.15,  # training samples that are the whole image
+    "tiles_per_image": "auto",  # training samples per image per epoch; auto: half the tiles it slices into
+    "fov_min": 0.05,       # skip tiles whose field-of-view share is below this
+    "min_visibility": 0.3,  # keep a cut box when this share of it lies inside the tile
+    "cache_mb": 2048,      # decoded-image cache per data-loader process
+}
+
+
+def resolve_tiling(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``DEFAULT_TILING`` updated with ``cfg``; unknown keys and bad values are errors."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - set(DEFAULT_TILING)
+    if unknown:
+        raise LesiondetError(None, f"unknown tiling option(s): {', '.join(sorted(unknown))}",
+                             f"valid options: {', '.join(DEFAULT_TILING)}")
+    out = {**DEFAULT_TILING, **cfg}
+    if not (isinstance(out["tile"], int) and out["tile"] >= 64):
+        raise LesiondetError(None, f"tiling.tile={out['tile']!r}", "use a whole number of pixels >= 64")
+    if not 0 <= float(out["overlap"]) < 0.9:
+        raise LesiondetError(None, f"tiling.overlap={out['overlap']!r}", "use a share between 0 and 0.9")
+    if out["zoom"] != "auto" and not (isinstance(out["zoom"], (int, float)) and 0 < out["zoom"] <= 16):
+        raise LesiondetError(None, f"tiling.zoom={out['zoom']!r}", "use auto or a number between 0 and 16")
+    tpi = out["tiles_per_image"]
+    if tpi != "auto" and not (isinstance(tpi, int) and tpi >= 1):
+        raise LesiondetError(None, f"tiling.tiles_per_image={tpi!r}", "use auto or a whole number >= 1")
+    if out["merge"] not in ("nms", "wbf"):
+        raise LesiondetError(None, f"tiling.merge={out['merge']!r}", "use nms or wbf")
+    if out["slice"] not in ("auto", True, False):
+        raise LesiondetError(None, f"tiling.slice={out['slice']!r}", "use auto, true or false")
+    return out
+
+
+def auto_zoom(records: Iterable[VocRecord], target_px: float = 8.0, max_zoom: float = 4.0) -> float:
+    """Zoom that brings the 10th-percentile lesion (shorter box side) to ``target_px``.
+
+    Never below 1: downscaling would trade away the lesions this tool exists to find.
+    The optic disc is left out; it is never the smallest thing in the image.
+    """
+    sides = [min(o.width, o.height) for r in records for o in r.objects if o.label != "OD"]
+    if not sides:
+        return 1.0
+    p10 = float(np.percentile(sides, 10))
+    return float(min(max_zoom, max(1.0, target_px / max(p10, 1e-3))))
+
+
+def window_size(tiling: Mapping[str, Any]) -> int:
+    """Source pixels covered by one tile side."""
+    return max(16, int(round(tiling["tile"] / float(tiling["zoom"]))))
+
+
+def samples_per_image(width: int, height: int, tiling: Mapping[str, Any]) -> int:
+    """Training samples an image gives per epoch: fixed, or (auto) half the tiles that cover it."""
+    if tiling["tiles_per_image"] != "auto":
+        return int(tiling["tiles_per_image"])
+    if not should_slice(width, height, tiling):
+        return 1
+    return max(1, round(0.5 * width * height / window_size(tiling) ** 2))
+
+
+def should_slice(width: int, height: int, tiling: Mapping[str, Any]) -> bool:
+    if tiling["slice"] == "auto":
+        return max(width, height) > 1.25 * window_size(tiling)
+    return bool(tiling["slice"])
+
+
+def _starts(length: int, win: int, overlap: float) -> list[int]:
+    """Evenly spread window starts covering ``[0, length)`` with at least ``overlap`` share."""
+    if length <= win:
+        return [0]
+    step = win * (1.0 - overlap)
+    n = math.ceil((length - win) / step) + 1
+    return [round(i * (length - win) / (n - 1)) for i in range(n)]
+
+
+def slice_windows(width: int, height: int, win: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Overlapping ``win``-pixel windows covering the image; every window lies inside it.
+
+    Windows are spread evenly rather than stepped from the origin, so the last
+    one is not a thin strip (SAHI shifts it back to the border; same idea).
+    """
+    xs, ys = _starts(width, win, overlap), _starts(height, win, overlap)
+    return [(x, y, min(x + win, width), min(y + win, height)) for y in ys for x in xs]
+
+
+def low_res_fov(img: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, float]:
+    """Field-of-view mask at ``max_side`` pixels and the factor from source to mask pixels."""
+    from .fundus import fov_mask
+
+    h, w = img.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
+        if s < 1 else img
+    return fov_mask(small), s
+
+
+def fov_share(mask: np.ndarray, scale: float, window: Sequence[int]) -> float:
+    x0, y0, x1, y1 = (int(v * scale) for v in window)
+    sub = mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+    return float(sub.mean()) if sub.size else 0.0
+
+
+def crop_objects(objects: Sequence[VocObject], window: Sequence[int], min_visibility: float
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Boxes of ``objects`` in window coordinates, clipped; cut boxes kept if enough is visible."""
+    x0, y0, x1, y1 = window
+    boxes, labels = [], []
+    for o in objects:
+        bx0, by0, bx1, by1 = o.box
+        cx0, cy0, cx1, cy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        if (cx1 - cx0) * (cy1 - cy0) < min_visibility * max(o.area, 1e-6):
+            continue
+        boxes.append((cx0 - x0, cy0 - y0, cx1 - x0, cy1 - y0))
+        labels.append(o.label)
+    return np.array(boxes, np.float32).reshape(-1, 4), labels
+
+
+def sample_window(objects: Sequence[VocObject], width: int, height: int, win: int, mode: str,
+                  rng: random.Random, fov: tuple[np.ndarray, float] | None = None, fov_min: float = 0.05,
+                  ) -> tuple[int, int, int, int]:
+    """One training window: ``mode`` is ``"positive"`` (contains a lesion) or ``"random"``.
+
+    Positive windows pick a class uniformly among the image's classes, then one
+    of its boxes, then a random offset that keeps the box inside when it fits:
+    rare classes (microaneurysms beside hundreds of exudates) still get tiles.
+    """
+    ww, wh = min(win, width), min(win, height)
+
+    def place(lo: float, hi: float, extent: int, size: int) -> int:
+        lo, hi = max(0.0, lo), min(float(extent - size), hi)
+        return int(rng.uniform(lo, hi)) if hi > lo else int(min(max(0.0, (lo + hi) / 2), extent - size))
+
+    if mode == "positive" and objects:
+        classes = sorted({o.label for o in objects})
+        c = rng.choice(classes)
+        o = rng.choice([o for o in objects if o.label == c])
+        bx0, by0, bx1, by1 = o.box
+        x = place(bx1 - ww, bx0, width, ww) if bx1 - bx0 <= ww else place((bx0 + bx1 - ww) / 2, (bx0 + bx1 - ww) / 2,
+                                                                           width, ww)
+        y = place(by1 - wh, by0, height, wh) if by1 - by0 <= wh else place((by0 + by1 - wh) / 2, (by0 + by1 - wh) / 2,
+                                                                            height, wh)
+        return x, y, x + ww, y + wh
+    best = None
+    for _ in range(10):
+        x, y = rng.randint(0, width - ww), rng.randint(0, height - wh)
+        w = (x, y, x + ww, y + wh)
+        share = 1.0 if fov is None else fov_share(fov[0], fov[1], w)
+        if share >= fov_min:
+            return w
+        if best is None or share > best[0]:
+            best = (share, w)
+    return best[1]
+
+
+# --------------------------------------------------------------------------- merging
+def _ios(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over the smaller box, ``[len(a), len(b)]``."""
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(1)
+    return inter / torch.min(area_a[:, None], area_b[None, :]).clamp(min=1e-6)
+
+
+def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted box fusion (Solovyev et al. 2021), per class.
+
+    Boxes are visited best first; each joins the cluster whose fused box it
+    overlaps at IoU > ``iou`` or starts a new one. A fused box is the
+    score-weighted mean of its members and its score their mean.
+    """
+    out_b, out_s, out_l = [], [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[scores[idx].argsort(descending=True)]
+        members: list[list[int]] = []
+        fused: list[torch.Tensor] = []
+        for i in idx.tolist():
+            if fused:
+                ious = box_iou(boxes[i:i + 1], torch.stack(fused))[0]
+                j = int(ious.argmax())
+                if ious[j] > iou:
+                    members[j].append(i)
+                    w = scores[members[j]]
+                    fused[j] = (boxes[members[j]] * w[:, None]).sum(0) / w.sum()
+                    continue
+            members.append([i])
+            fused.append(boxes[i])
+        for m, f in zip(members, fused):
+            out_b.append(f)
+            out_s.append(scores[m].mean())
+            out_l.append(c)
+    if not out_b:
+        return boxes[:0], scores[:0], labels[:0]
+    s = torch.stack(out_s)
+    order = s.argsort(descending=True)
+    return torch.stack(out_b)[order], s[order], torch.stack(out_l)[order]
+
+
+def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, method: str = "nms",
+                     iou: float = 0.5, max_det: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge detections from overlapping tiles and passes, class by class, best first."""
+    if len(boxes) == 0:
+        return boxes, scores, labels
+    if method == "wbf":
+        b, s, lab = weighted_box_fusion(boxes, scores, labels, iou)
+    else:
+        keep = batched_nms(boxes, scores, labels, iou)
+        b, s, lab = boxes[keep], scores[keep], labels[keep]
+    return b[:max_det], s[:max_det], lab[:max_det]
+
+
+def drop_cut_boxes(boxes: torch.Tensor, window: Sequence[int], width: int, height: int, margin: float = 2.0
+                   ) -> torch.Tensor:
+    """Mask of boxes that do not touch a window edge lying inside the image.
+
+    A box touching such an edge is a piece of an object cut by the tile; a
+    neighbouring tile or the whole-image pass sees the object entire.
+    """
+    x0, y0, x1, y1 = window
+    keep = torch.ones(len(boxes), dtype=torch.bool)
+    if x0 > 0:
+        keep &= boxes[:, 0] > margin
+    if y0 > 0:
+        keep &= boxes[:, 1] > margin
+    if x1 < width:
+        keep &= boxes[:, 2] < (x1 - x0) - margin
+    if y1 < height:
+        keep &= boxes[:, 3] < (y1 - y0) - margin
+    return keep

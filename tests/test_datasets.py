@@ -1,0 +1,61 @@
+"""Training on several datasets at once: union of classes, and what each source annotates."""
+from pathlib import Path
+
+import pytest
+
+from lesiondet.datasets import parse_source, read_sources
+from lesiondet.errors import LesiondetError
+
+from .conftest import write_image, write_xml
+
+
+def _folder(root: Path, name: str, objects) -> Path:
+    d = root / name
+    d.mkdir()
+    write_image(d / "a.jpg", (64, 64))
+    write_xml(d / "a.xml", "a.jpg", (64, 64), objects)
+    return d
+
+
+def _dataset_yaml(root: Path, name: str, folder: Path, classes) -> Path:
+    p = root / f"{name}.yaml"
+    p.write_text(f"name: {name}\npath: {folder.name}\nlabels:\n  classes: {list(classes)}\n")
+    return p
+
+
+def test_sources_with_different_label_sets_train_on_the_union(tmp_path):
+    a = _folder(tmp_path, "codras_like", [("HE_MA", 5, 5, 10, 10), ("optic_disc", 20, 20, 40, 40)])
+    b = _folder(tmp_path, "heimed_like", [("exudate", 5, 5, 8, 8)])
+    sources = [parse_source(_dataset_yaml(tmp_path, "c", a, ["OD", "EX", "HE_MA"])),
+               parse_source(_dataset_yaml(tmp_path, "h", b, ["EX", "MA", "HE", "SE"]))]
+    records, union, annotated = read_sources(sources)
+    assert union.classes == ("OD", "EX", "HE_MA", "MA", "HE", "SE")
+    assert annotated == {"c": ["OD", "EX", "HE_MA"], "h": ["EX", "MA", "HE", "SE"]}
+    assert [r.source for r in records] == ["c", "h"]
+    assert records[1].objects[0].label == "EX"  # each source's own aliases applied
+
+
+def test_a_plain_folder_annotates_the_classes_found_in_it(tmp_path):
+    a = _folder(tmp_path, "x", [("MA", 5, 5, 10, 10)])
+    _, union, annotated = read_sources([parse_source(a)])
+    assert union.classes == ("MA",) and annotated == {"x": ["MA"]}
+
+
+def test_a_dataset_yaml_without_path_is_a_one_line_error(tmp_path):
+    p = tmp_path / "d.yaml"
+    p.write_text("labels:\n  classes: [MA]\n")
+    with pytest.raises(LesiondetError, match="path"):
+        parse_source(p)
+
+
+def test_masks_reach_the_training_targets(tmp_path):
+    from lesiondet.data import DetectionDataset
+
+    a = _folder(tmp_path, "a", [("OD", 5, 5, 30, 30)])
+    b = _folder(tmp_path, "b", [("EX", 5, 5, 8, 8)])
+    sources = [parse_source(_dataset_yaml(tmp_path, "a", a, ["OD", "EX"])),
+               parse_source(_dataset_yaml(tmp_path, "b", b, ["EX"]))]
+    records, union, annotated = read_sources(sources)
+    ds = DetectionDataset(records, union, annotated=annotated)
+    assert ds[0][1]["class_mask"].tolist() == [True, True, True]
+    assert ds[1][1]["class_mask"].tolist() == [True, False, True]  # b never labels OD

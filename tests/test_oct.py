@@ -1,0 +1,170 @@
+"""OCT classifier: data reading, patient-grouped splits, metrics, and train → predict → eval."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lesiondet.cli import main
+from lesiondet.errors import LesiondetError
+from lesiondet.oct import (OctClassifier, classification_metrics, class_weights, patient_of, patient_split,
+                           read_oct_data, read_scan)
+from lesiondet.synth import write_oct_sample
+
+FAST = "oct:\n  size: 64\n  batch: 8\n  head_epochs: 1\n  epochs: 1\n  min_steps: 2\n"
+
+
+@pytest.fixture(scope="module")
+def oct_sample(tmp_path_factory) -> Path:
+    return write_oct_sample(tmp_path_factory.mktemp("oct") / "data", per_class=6, patients=3, seed=3,
+                            width=128, height=96)
+
+
+@pytest.fixture(scope="module")
+def oct_run(oct_sample, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("octrun")
+    (root / "fast.yaml").write_text(FAST)
+    assert main(["oct", "train", "--data", str(oct_sample), "--config", str(root / "fast.yaml"),
+                 "--out", str(root / "run"), "--device", "cpu"]) == 0
+    return root / "run"
+
+
+def test_kermany_names_give_the_patient():
+    assert patient_of("CNV-53018-1.jpeg") == "53018"
+    assert patient_of("/x/DRUSEN-9-12.jpeg") == "9"
+    assert patient_of("scan_0001.png") == "scan_0001"  # no patient in the name: its own group
+
+
+def test_no_patient_is_on_both_sides_of_the_split(oct_sample):
+    samples = read_oct_data(oct_sample)
+    assert len(samples) == 24 and {s.label for s in samples} == {"CNV", "DME", "DRUSEN", "NORMAL"}
+    train, val = patient_split(samples, 0.25, seed=0)
+    assert train and val and len(train) + len(val) == 24
+    assert not {s.patient for s in train} & {s.patient for s in val}
+
+
+def test_csv_input_reads_relative_paths_and_rejects_missing_files(oct_sample, tmp_path):
+    rows = [f"{p.relative_to(oct_sample.parent)},{p.parent.name}" for p in sorted(oct_sample.glob("*/*.jpeg"))]
+    csv_path = oct_sample.parent / "labels.csv"
+    csv_path.write_text("path,label\n" + "\n".join(rows) + "\n")
+    assert [s.label for s in read_oct_data(csv_path)] == [s.label for s in read_oct_data(oct_sample)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nowhere.jpeg,CNV\n")
+    with pytest.raises(LesiondetError, match="nowhere.jpeg"):
+        read_oct_data(bad)
+
+
+def test_grey_rgb_and_16_bit_scans_all_become_rgb_uint8(tmp_path):
+    grey = np.tile(np.arange(64, dtype=np.uint8) * 4, (32, 1))
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    cv2.imwrite(str(tmp_path / "c.png"), np.dstack([grey] * 3))
+    cv2.imwrite(str(tmp_path / "w.png"), grey.astype(np.uint16) * 257)
+    for name in ("g.png", "c.png", "w.png"):
+        img = read_scan(tmp_path / name)
+        assert img.dtype == np.uint8 and img.shape == (32, 64, 3), name
+        assert abs(int(img[0, 63, 0]) - 252) <= 1, name
+
+
+def test_class_weights_favour_rare_classes():
+    from lesiondet.oct import OctSample
+
+    s = [OctSample(Path(f"{c}.jpg"), c, str(i)) for i, c in enumerate(["CNV"] * 9 + ["DRUSEN"] * 1)]
+    w = class_weights(s, ["CNV", "DRUSEN"])
+    assert w[1] == pytest.approx(9 * w[0]) and w.mean() == pytest.approx(1.0)
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 60)
+    proba = rng.dirichlet(np.ones(4), 60)
+    proba[np.arange(60), y] += rng.uniform(0, 0.6, 60)  # better than chance, not perfect
+    proba /= proba.sum(1, keepdims=True)
+    m = classification_metrics(y, proba, ["CNV", "DME", "DRUSEN", "NORMAL"])
+    pred = proba.argmax(1)
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    assert m["confusion"] == confusion_matrix(y, pred).tolist()
+    sens = recall_score(y, pred, average=None)
+    for i, c in enumerate(["CNV", "DME", "DRUSEN", "NORMAL"]):
+        assert m["per_class"][c]["sensitivity"] == pytest.approx(sens[i])
+        spec = recall_score(y != i, pred != i)  # specificity is the recall of the negatives
+        assert m["per_class"][c]["specificity"] == pytest.approx(spec)
+        assert m["per_class"][c]["auc"] == pytest.approx(roc_auc_score(y == i, proba[:, i]))
+
+
+def test_train_writes_both_heads_curves_and_metrics(oct_run):
+    for name in ("best.pt", "metrics.csv", "curves.png"):
+        assert (oct_run / name).is_file(), name
+    import torch
+
+    ck = torch.load(oct_run / "best.pt", weights_only=False)
+    assert set(ck["heads"]) == {"finetune", "linear"} and ck["classes"] == ["CNV", "DME", "DRUSEN", "NORMAL"]
+
+
+def test_linear_head_separates_the_synthetic_classes(oct_run, oct_sample):
+    """Frozen ImageNet features see fluid pockets, drusen and CNV lifts: better than chance."""
+    clf = OctClassifier(oct_run / "best.pt", head="linear", device="cpu")
+    samples = read_oct_data(oct_sample)
+    proba = clf.predict_proba([s.path for s in samples])
+    acc = np.mean(proba.argmax(1) == [clf.classes.index(s.label) for s in samples])
+    assert acc > 0.5
+    assert np.allclose(proba.sum(1), 1.0)
+
+
+def test_predict_prints_class_and_probabilities_and_saves_a_picture(oct_run, oct_sample, tmp_path, capsys):
+    scan = sorted((oct_sample / "DME").iterdir())[0]
+    assert main(["oct", "predict", str(scan), "--weights", str(oct_run / "best.pt"), "--topk", "2",
+                 "--json", str(tmp_path / "p.json"), "--out", str(tmp_path / "pics"), "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["class"] in ("CNV", "DME", "DRUSEN", "NORMAL")
+    assert sum(doc["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert (tmp_path / "pics" / f"{scan.stem}.png").is_file()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(scan.name) and line.count(".") >= 3
+
+
+def test_eval_json_and_confusion_png(oct_run, oct_sample, tmp_path):
+    for head in ("finetune", "linear"):
+        out = tmp_path / head
+        assert main(["oct", "eval", "--data", str(oct_sample), "--weights", str(oct_run / "best.pt"),
+                     "--head", head, "--json", str(out / "e.json"), "--out", str(out), "--device", "cpu"]) == 0
+        doc = json.loads((out / "e.json").read_text())
+        assert set(doc["per_class"]["CNV"]) >= {"sensitivity", "specificity", "auc"}
+        cm = np.array(doc["confusion"])
+        assert cm.sum() == 24 and doc["accuracy"] == pytest.approx(np.trace(cm) / 24)
+        assert (out / "oct_confusion.png").is_file()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["oct", "train", "--data", "{tmp}/missing"], "not a folder or a .csv"),
+    (["oct", "train", "--data", "{tmp}/empty"], "no images in class folders"),
+    (["oct", "predict", "{tmp}/none.jpeg", "--weights", "{tmp}/w.pt"], "image not found"),
+    (["oct", "eval", "--data", "{tmp}/empty", "--weights", "{tmp}/w.pt"], "weights file not found"),
+])
+def test_oct_bad_input_is_one_line(tmp_path, capsys, args, needle):
+    (tmp_path / "empty" / "CNV").mkdir(parents=True)
+    rc = main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_a_detector_checkpoint_is_not_an_oct_checkpoint(trained_run, oct_sample, capsys):
+    assert main(["oct", "eval", "--data", str(oct_sample), "--weights", str(trained_run / "best.pt")]) == 2
+    assert "not a lesiondet OCT checkpoint" in capsys.readouterr().err
+
+
+def test_real_kermany_scans_split_by_patient_train_and_predict(shared_data, tmp_path):
+    """Runs end to end on the shared scans; only consistency is checked (46 scans prove nothing)."""
+    (tmp_path / "fast.yaml").write_text(FAST)
+    assert main(["oct", "train", "--data", str(shared_data / "oct"), "--config", str(tmp_path / "fast.yaml"),
+                 "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    samples = read_oct_data(shared_data / "oct")
+    train, val = patient_split(samples, 0.2, seed=0)
+    assert not {s.patient for s in train} & {s.patient for s in val}
+    clf = OctClassifier(tmp_path / "run" / "best.pt", device="cpu")
+    proba = clf.predict_proba([s.path for s in val])
+    m = classification_metrics([clf.classes.index(s.label) for s in val], proba, clf.classes)
+    assert np.array(m["confusion"]).sum() == len(val)
+    assert all(v["sensitivity"] is None or 0 <= v["sensitivity"] <= 1 for v in m["per_class"].values())

@@ -1,0 +1,203 @@
+"""Slicing: windows, training tiles, sliced inference coordinates, merging across tiles."""
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from lesiondet.errors import LesiondetError
+from lesiondet.infer import sliced_predict
+from lesiondet.tiling import (auto_zoom, crop_objects, drop_cut_boxes, merge_detections, resolve_tiling,
+                              sample_window, samples_per_image, should_slice, slice_windows, weighted_box_fusion,
+                              window_size)
+from lesiondet.voc import VocObject, VocRecord
+
+
+@pytest.mark.parametrize("w,h,win,overlap", [(4288, 2848, 512, 0.2), (1024, 1024, 512, 0.2), (700, 300, 512, 0.5),
+                                             (512, 512, 512, 0.2), (100, 80, 512, 0.2)])
+def test_windows_cover_the_image_stay_inside_and_overlap_at_least_as_asked(w, h, win, overlap):
+    wins = slice_windows(w, h, win, overlap)
+    cover = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in wins:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert x1 - x0 == min(win, w) and y1 - y0 == min(win, h)
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
+    xs = sorted({x0 for x0, *_ in wins})
+    for a, b in zip(xs, xs[1:]):
+        assert (a + win) - b >= overlap * win - 1
+
+
+def test_positive_training_window_contains_the_chosen_lesion():
+    rng = random.Random(0)
+    objs = [VocObject("MA", (1000.0, 700.0, 1012.0, 712.0)), VocObject("EX", (3000.0, 2000.0, 3030.0, 2020.0))]
+    seen = set()
+    for _ in range(50):
+        x0, y0, x1, y1 = sample_window(objs, 4288, 2848, 512, "positive", rng)
+        assert x1 - x0 == 512 and y1 - y0 == 512 and 0 <= x0 and x1 <= 4288 and y1 <= 2848
+        inside = [o.label for o in objs if x0 <= o.box[0] and o.box[2] <= x1 and y0 <= o.box[1] and o.box[3] <= y1]
+        assert inside
+        seen |= set(inside)
+    assert seen == {"MA", "EX"}  # class-balanced: the lone MA is not drowned by others
+
+
+def test_random_training_windows_avoid_the_black_border():
+    mask = np.zeros((100, 100), bool)
+    mask[30:70, 30:70] = True  # field of view in the middle, at 1/10 scale
+    rng = random.Random(1)
+    for _ in range(20):
+        w = sample_window([], 1000, 1000, 200, "random", rng, (mask, 0.1), fov_min=0.05)
+        x0, y0, x1, y1 = (v // 10 for v in w)
+        assert mask[y0:y1, x0:x1].mean() >= 0.05
+
+
+def test_cut_boxes_are_kept_only_when_enough_is_visible():
+    objs = [VocObject("HE", (90.0, 10.0, 110.0, 30.0)), VocObject("HE", (95.0, 40.0, 135.0, 60.0))]
+    boxes, labels = crop_objects(objs, (0, 0, 100, 100), min_visibility=0.3)
+    assert labels == ["HE"] and boxes.tolist() == [[90.0, 10.0, 100.0, 30.0]]
+
+
+def test_auto_zoom_brings_small_lesions_to_the_target_and_never_shrinks():
+    tiny = [VocRecord(None, 1024, 1024, tuple(VocObject("EX", (0.0, 0.0, 4.0, 4.0)) for _ in range(10)))]
+    big = [VocRecord(None, 1024, 1024, (VocObject("HE", (0.0, 0.0, 40.0, 40.0)),))]
+    assert auto_zoom(tiny, 8) == pytest.approx(2.0)
+    assert auto_zoom(big, 8) == 1.0
+    assert auto_zoom([], 8) == 1.0
+
+
+def test_bad_tiling_options_are_one_line_errors():
+    for bad in ({"tile": 10}, {"overlap": 0.95}, {"merge": "vote"}, {"tyle": 512}, {"tiles_per_image": 0}):
+        with pytest.raises(LesiondetError):
+            resolve_tiling(bad)
+
+
+def test_big_images_are_sliced_and_give_more_training_tiles_than_small_ones():
+    t = resolve_tiling({"tile": 512, "zoom": 1})
+    assert should_slice(4288, 2848, t) and not should_slice(600, 600, t)
+    assert samples_per_image(600, 600, t) == 1
+    assert samples_per_image(4288, 2848, t) > samples_per_image(1024, 1024, t) > 1
+    assert window_size({**t, "zoom": 2}) == 256
+
+
+def test_nms_merge_keeps_one_box_per_lesion_seen_by_two_tiles():
+    boxes = torch.tensor([[10.0, 10, 20, 20], [10.5, 10, 20.5, 20], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.tensor([1, 1, 1])
+    b, s, lab = merge_detections(boxes, scores, labels, "nms", 0.5)
+    assert len(b) == 2 and s.tolist() == pytest.approx([0.9, 0.7])
+    # Different classes at the same place are not merged.
+    b, _, _ = merge_detections(boxes, scores, torch.tensor([1, 2, 1]), "nms", 0.5)
+    assert len(b) == 3
+
+
+def test_weighted_box_fusion_averages_coordinates_by_score():
+    boxes = torch.tensor([[10.0, 10, 20, 20], [12.0, 10, 22, 20]])
+    b, s, lab = weighted_box_fusion(boxes, torch.tensor([0.75, 0.25]), torch.tensor([3, 3]), 0.5)
+    assert len(b) == 1 and lab.tolist() == [3]
+    assert b[0].tolist() == pytest.approx([10.5, 10, 20.5, 20])
+    assert s.item() == pytest.approx(0.5)
+
+
+def test_boxes_touching_an_inner_tile_edge_are_pieces():
+    boxes = torch.tensor([[0.0, 10, 10, 20], [200, 200, 210, 210], [505, 5, 512, 15]])
+    keep = drop_cut_boxes(boxes, (512, 0, 1024, 512), 2048, 1024)  # left edge inside the image
+    assert keep.tolist() == [False, True, False]
+    keep = drop_cut_boxes(boxes, (0, 0, 512, 512), 512, 512)  # the window is the image
+    assert keep.tolist() == [True, True, True]
+
+
+class BrightSpotModel:
+    """Stands in for a detector: one box around the pixels brighter than 0.9 in each input."""
+
+    def __init__(self):
+        self.transform = SimpleNamespace(min_size=(512,), max_size=512)
+        self.calls = []
+
+    def eval(self):
+        return self
+
+    def __call__(self, images):
+        outs = []
+        for im in images:
+            self.calls.append(tuple(im.shape[1:]))
+            ys, xs = torch.nonzero(im[0] > 0.9, as_tuple=True)
+            if len(xs) == 0:
+                outs.append({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                             "labels": torch.zeros(0, dtype=torch.int64)})
+            else:
+                box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+                outs.append({"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])})
+        return outs
+
+
+def test_sliced_inference_returns_boxes_in_image_coordinates_once():
+    img = np.full((1200, 1800, 3), 100, np.uint8)
+    img[700:712, 1300:1312] = 255  # a 12-px lesion
+    model = BrightSpotModel()
+    t = resolve_tiling({"tile": 512, "zoom": 1, "fov_min": 0.0})
+    out = sliced_predict(model, img, t, torch.device("cpu"))
+    assert len(model.calls) == len(slice_windows(1800, 1200, 512, 0.2)) + 1  # tiles + whole-image pass
+    assert out["boxes"].tolist() == [[1300.0, 700.0, 1312.0, 712.0]]
+
+
+def test_whole_image_pass_finds_large_objects_at_source_scale():
+    img = np.full((1200, 1800, 3), 100, np.uint8)
+    img[100:700, 300:900] = 255  # a 600-px object, bigger than any tile
+    t = resolve_tiling({"tile": 512, "zoom": 1, "fov_min": 0.0})
+    out = sliced_predict(BrightSpotModel(), img, t, torch.device("cpu"))
+    big = [b for b in out["boxes"].tolist() if b[2] - b[0] > 500]
+    assert len(big) == 1 and big[0] == pytest.approx([300, 100, 900, 700], abs=4)
+    assert len(out["boxes"]) == 1  # pieces from the tiles were dropped
+
+
+def test_zoom_feeds_smaller_windows_and_maps_back():
+    img = np.full((1000, 1000, 3), 100, np.uint8)
+    img[400:405, 600:605] = 255
+    model = BrightSpotModel()
+    t = resolve_tiling({"tile": 512, "zoom": 2, "fov_min": 0.0, "full_pass": False})
+    out = sliced_predict(model, img, t, torch.device("cpu"))
+    assert all(c == (256, 256) for c in model.calls)
+    assert out["boxes"].tolist() == [[600.0, 400.0, 605.0, 405.0]]
+
+
+def test_training_tiles_carry_boxes_in_tile_coordinates(tmp_path):
+    import cv2
+
+    from lesiondet.data import TileDataset
+    from lesiondet.labels import LabelMap
+
+    img = np.full((1000, 1500, 3), 90, np.uint8)
+    objs = []
+    for i, (x, y) in enumerate([(100, 100), (700, 500), (1400, 900), (1200, 150)]):
+        img[y:y + 10, x:x + 10] = 255
+        objs.append(VocObject("MA" if i % 2 else "EX", (float(x), float(y), x + 10.0, y + 10.0)))
+    cv2.imwrite(str(tmp_path / "big.png"), img)
+    rec = VocRecord(tmp_path / "big.png", 1500, 1000, tuple(objs))
+    t = resolve_tiling({"tile": 256, "zoom": 1, "full_fraction": 0.0, "pos_fraction": 1.0, "tiles_per_image": 12})
+    ds = TileDataset([rec], LabelMap(("MA", "EX")), t)
+    random.seed(0)
+    assert len(ds) == 12
+    for k in range(len(ds)):
+        x, target = ds[k]
+        assert tuple(x.shape) == (3, 256, 256)
+        assert len(target["boxes"]) >= 1  # positive tiles always hold a lesion
+        for b in target["boxes"].round().int().tolist():
+            patch = x[0, b[1]:b[3], b[0]:b[2]]
+            assert patch.numel() and patch.min() > 0.95  # the box sits on the white square
+
+
+def test_whole_image_samples_are_shrunk_to_the_tile_with_their_boxes(tmp_path):
+    import cv2
+
+    from lesiondet.data import TileDataset
+    from lesiondet.labels import LabelMap
+
+    img = np.full((1000, 1500, 3), 90, np.uint8)
+    img[300:600, 600:900] = 255
+    cv2.imwrite(str(tmp_path / "big.png"), img)
+    rec = VocRecord(tmp_path / "big.png", 1500, 1000, (VocObject("OD", (600.0, 300.0, 900.0, 600.0)),))
+    t = resolve_tiling({"tile": 300, "zoom": 1, "full_fraction": 1.0, "tiles_per_image": 1})
+    x, target = TileDataset([rec], LabelMap(("OD",)), t)[0]
+    assert tuple(x.shape) == (3, 200, 300)
+    assert target["boxes"].tolist() == [pytest.approx([120.0, 60.0, 180.0, 120.0])]
