@@ -66,11 +66,11 @@ def plain_train(train: Path, labels: Path, minutes: float, out: Path, threads: i
     """The plain torchvision recipe, trained for ``minutes`` of wall clock; writes ``out/model.pt``."""
     import random
 
-    import numpy as np
     import torch
     from torch.utils.data import DataLoader, Dataset
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
+    from lesiondet.data import to_tensor
     from lesiondet.images import read_rgb
     from lesiondet.labels import load_label_map
     from lesiondet.voc import read_voc_dir
@@ -87,7 +87,7 @@ def plain_train(train: Path, labels: Path, minutes: float, out: Path, threads: i
 
         def __getitem__(self, i):
             r = records[i]
-            img = torch.from_numpy(read_rgb(r.image_path)).permute(2, 0, 1).float() / 255
+            img = to_tensor(read_rgb(r.image_path))
             boxes = torch.tensor([o.box for o in r.objects], dtype=torch.float32).reshape(-1, 4)
             labels_ = torch.tensor([lm.index(o.label) for o in r.objects], dtype=torch.int64)
             if random.random() < 0.5:  # horizontal flip
@@ -129,6 +129,7 @@ def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
     import torch
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
+    from lesiondet.data import to_tensor
     from lesiondet.images import read_rgb
     from lesiondet.infer import detections_from_output
     from lesiondet.labels import load_label_map
@@ -144,8 +145,7 @@ def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
     pred_dir.mkdir(exist_ok=True)
     with torch.inference_mode():
         for r in read_voc_dir(val, load_label_map(labels)):
-            img = torch.from_numpy(read_rgb(r.image_path)).permute(2, 0, 1).float() / 255
-            o = model([img])[0]
+            o = model([to_tensor(read_rgb(r.image_path))])[0]
             write_voc(r.with_objects(detections_from_output(o, ck["classes"], 0.0)), pred_dir / f"{r.stem}.xml")
     return pred_dir
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import LesiondetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+from .voc import IMAGE_SUFFIXES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +41,19 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _number_in(lo: float, hi: float, hi_included: bool):
+    """argparse type: a number from ``lo`` (included) to ``hi``."""
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+        if not (lo <= v <= hi if hi_included else lo <= v < hi):
+            raise argparse.ArgumentTypeError(f"{v} must be between {lo:g} and {hi:g}")
+        return v
+    return parse
+
+
 def _fraction(s: str) -> float:
     v = _positive_float(s)
     if v >= 1:
@@ -49,14 +61,8 @@ def _fraction(s: str) -> float:
     return v
 
 
-def _score(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 1")
-    return v
+_score = _number_in(0.0, 1.0, hi_included=True)
+_overlap = _number_in(0.0, 0.9, hi_included=False)
 
 
 # --------------------------------------------------------------------------- train
@@ -375,7 +381,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def cmd_oct_train(a: argparse.Namespace) -> int:
     from .device import resolve_device
     from .fileio import next_run_dir, read_yaml
-    from .oct import DEFAULT_OCT, patient_split, read_oct_data, train_oct
+    from .oct import DEFAULT_OCT, patient_split, read_oct_data, read_scan, train_oct
 
     cfg = dict(DEFAULT_OCT)
     if a.config:
@@ -394,13 +400,8 @@ def cmd_oct_train(a: argparse.Namespace) -> int:
     classes = sorted({s.label for s in train_s} | {s.label for s in val_s})
     if len(classes) < 2:
         raise LesiondetError(a.data, f"only one class ({classes[0]})", "add scans of at least one other class")
-    leak = {s.patient for s in train_s} & {s.patient for s in val_s}
-    if leak and not a.val:
-        raise LesiondetError(a.data, "a patient is on both sides of the split", "report this as a bug")
     for s in train_s + val_s:
-        from .images import read_rgb
-
-        read_rgb(s.path, allow_16bit=True)  # a bad file fails now, not in epoch five
+        read_scan(s.path)  # a bad file fails now, not in epoch five
     out = next_run_dir(Path(a.out).parent, Path(a.out).name)
     counts = Counter(s.label for s in train_s)
     _say(f"OCT: training on {len(train_s)} scans ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
@@ -482,16 +483,6 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap", type=_overlap, help="share of a tile that neighbours overlap (0-0.9)")
     g.add_argument("--merge", choices=("nms", "wbf"), help="merge tiles by class-wise NMS or weighted box fusion")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
-
-
-def _overlap(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-    if not 0 <= v < 0.9:
-        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 0.9")
-    return v
 
 
 def _say(msg: str) -> None:

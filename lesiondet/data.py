@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from .errors import ImageError
 from .images import read_rgb
 from .labels import LabelMap
-from .tiling import crop_objects, low_res_fov, sample_window, samples_per_image, should_slice, window_size
+from .tiling import (big_enough, crop_objects, low_res_fov, sample_window, samples_per_image, should_slice,
+                     window_size)
 from .voc import VocObject, VocRecord
 
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -173,11 +174,12 @@ class TileDataset(DetectionDataset):
         t, i = self.tiling, self.index[k]
         rec, img, objs = self.records[i], self.image(i), self.objects(i)
         names = [o.label for o in objs]
-        if not should_slice(rec.width, rec.height, t) or random.random() < t["full_fraction"]:
+        sliced = should_slice(rec.width, rec.height, t)
+        if not sliced or random.random() < t["full_fraction"]:
             small, s = fit_to(img, t["tile"])
             boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4) * s
-            if should_slice(rec.width, rec.height, t):  # lesions shrunk to a pixel or two are the tiles' job
-                big = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= t["full_min_px"]
+            if sliced:  # lesions shrunk to a pixel or two are the tiles' job
+                big = big_enough(boxes, t["full_min_px"])
                 boxes, names = boxes[big], [n for n, b in zip(names, big) if b]
             return self.target(i, np.ascontiguousarray(small), boxes, self._indices(names))
         mode = "positive" if objs and random.random() < t["pos_fraction"] else "random"

@@ -62,6 +62,18 @@ def to_coco(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequen
     return _coco(images, categories, gt_anns), _coco(images, categories, dt_anns)
 
 
+def _precision(coco_gt: COCO, coco_dt: COCO, max_dets: int, **params) -> np.ndarray:
+    """``COCOeval`` at ``max_dets`` detections per image (plus any ``params``); its precision array."""
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.params.maxDets = [max_dets]
+    for k, v in params.items():
+        setattr(ev.params, k, v)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+    return ev.eval["precision"]  # [IoU thresholds, recall points, classes, areas, maxDets]
+
+
 def _mean(a: np.ndarray) -> float:
     a = a[a > -1]
     return float(a.mean()) if a.size else float("nan")
@@ -86,12 +98,7 @@ def coco_map(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Seque
         for c in classes:
             result["per_class"][c] = {"AP": float("nan"), "AP50": float("nan"), "n_gt": 0}
         return result
-    ev = COCOeval(coco_gt, coco_dt, "bbox")
-    ev.params.maxDets = [max_dets]
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.evaluate()
-        ev.accumulate()
-    prec = ev.eval["precision"][:, :, :, 0, 0]  # [IoU thresholds, recall points, classes] for area 'all'
+    prec = _precision(coco_gt, coco_dt, max_dets)[:, :, :, 0, 0]  # [IoU thresholds, recall points, classes], 'all'
     result["mAP"] = _mean(prec)
     result["mAP50"] = _mean(prec[0])
     for k, c in enumerate(classes):
@@ -187,15 +194,8 @@ def ap_by_size(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Seq
                     counts[k] += 1
     if not coco_gt.dataset["annotations"]:
         return {k: {"AP50": float("nan"), "n_gt": 0} for k in SIZE_BUCKETS}
-    ev = COCOeval(coco_gt, coco_dt, "bbox")
-    ev.params.maxDets = [max_dets]
-    ev.params.iouThrs = np.array([0.5])
-    ev.params.areaRng = [[lo ** 2, hi ** 2] for lo, hi in SIZE_BUCKETS.values()]
-    ev.params.areaRngLbl = list(SIZE_BUCKETS)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.evaluate()
-        ev.accumulate()
-    prec = ev.eval["precision"]  # [1 IoU, recall, classes, areas, 1 maxDet]
+    prec = _precision(coco_gt, coco_dt, max_dets, iouThrs=np.array([0.5]), areaRngLbl=list(SIZE_BUCKETS),
+                      areaRng=[[lo ** 2, hi ** 2] for lo, hi in SIZE_BUCKETS.values()])
     return {k: {"AP50": _mean(prec[0, :, :, a, 0]), "n_gt": counts[k]} for a, k in enumerate(SIZE_BUCKETS)}
 
 

@@ -13,8 +13,8 @@ from .data import fit_to, to_tensor
 from .device import resolve_device
 from .images import read_rgb
 from .model import detector_from_checkpoint, load_checkpoint
-from .tiling import (drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling, should_slice,
-                     slice_windows, window_size)
+from .tiling import (big_enough, drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling,
+                     should_slice, slice_windows, window_size)
 from .voc import VocObject, VocRecord
 
 
@@ -77,21 +77,20 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
         b = b / scale + torch.tensor([dx, dy, dx, dy], dtype=b.dtype)
         parts.append((b, s, lab))
 
-    if not should_slice(w, h, t) and t["slice"] is False:
+    sliced = should_slice(w, h, t)
+    if t["slice"] is False:
         z = float(t["zoom"])
         with input_size(model, round(min(h, w) * z), round(max(h, w) * z)):
             add(model([to_tensor(img).to(device)])[0])
     else:
         with input_size(model, t["tile"], t["tile"]):  # a --tile override must reach the model too
-            if should_slice(w, h, t):
+            if sliced:
                 _tile_passes(model, img, t, device, add)
-            if t["full_pass"] or not should_slice(w, h, t):
+            if t["full_pass"] or not sliced:
                 small, s = fit_to(img, t["tile"])
                 o = model([to_tensor(small).to(device)])[0]
-                keep = None
-                if should_slice(w, h, t):  # small objects are the tiles' job; here they are a few blurred px
-                    b = o["boxes"].cpu()
-                    keep = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= t["full_min_px"]
+                # When sliced, small objects are the tiles' job; in this view they are a few blurred pixels.
+                keep = torch.from_numpy(big_enough(o["boxes"].cpu().numpy(), t["full_min_px"])) if sliced else None
                 add(o, s, keep=keep)
     boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 4)
     scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)

@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from .errors import LesiondetError
 from .images import read_rgb
+from .voc import IMAGE_SUFFIXES
 
 OCT_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 OCT_FORMAT = "lesiondet-oct/1"
 ARCHS = ("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DEFAULT_OCT: dict[str, Any] = {
@@ -375,24 +375,15 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
 
 
 def plot_oct_curves(path: str | Path, rows: Sequence[dict]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fileio import atomic_path
+    from .report import pyplot, save_figure
 
     ep = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.4))
     a.plot(ep, [r["loss"] for r in rows], label="train"), a.plot(ep, [r["val_loss"] for r in rows], label="val")
     a.set_title("loss"), a.set_xlabel("epoch"), a.legend()
     b.plot(ep, [r["acc"] for r in rows], label="train"), b.plot(ep, [r["val_acc"] for r in rows], label="val")
     b.set_title("accuracy"), b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- inference and metrics
@@ -479,22 +470,13 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
 
 def plot_prediction(path: str | Path, img: np.ndarray, probs: Mapping[str, float], title: str) -> Path:
     """The scan beside a bar chart of class probabilities."""
-    import matplotlib
+    from .report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fileio import atomic_path
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
     a.imshow(img), a.axis("off"), a.set_title(title, fontsize=9)
     names = list(probs)
     best = max(probs, key=probs.get)
     b.barh(names[::-1], [probs[n] for n in names[::-1]],
            color=["tab:red" if n == best else "tab:gray" for n in names[::-1]])
     b.set_xlim(0, 1), b.set_xlabel("probability")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

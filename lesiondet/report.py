@@ -78,13 +78,28 @@ def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:
             wr.writerows(rows)
 
 
-def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
-    """Training loss and validation mAP per epoch, side by side."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as PNG atomically and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    pyplot().close(fig)
+    return Path(path)
+
+
+def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
+    """Training loss and validation mAP per epoch, side by side."""
+    plt = pyplot()
     ep = [r["epoch"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for k in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
@@ -95,24 +110,15 @@ def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
         b.plot(ep, [r[k] for r in rows], marker="o" if k in ("val_mAP", "val_mAP50") else None, label=k[4:],
                lw=2 if k in ("val_mAP", "val_mAP50") else 1)
     b.set_xlabel("epoch"), b.set_ylabel("validation AP"), b.set_ylim(0, 1), b.legend(fontsize=7), b.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 
 def plot_confusion_matrix(path: str | Path, cm: np.ndarray, names: Sequence[str], title: str,
                           xlabel: str = "predicted", ylabel: str = "reference") -> Path:
     """A confusion matrix as PNG, counts written in the cells; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = len(names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.85 * k))
+    fig, ax = pyplot().subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.85 * k))
     ax.imshow(cm, cmap="Blues")
     for i in range(k):
         for j in range(k):
@@ -120,8 +126,4 @@ def plot_confusion_matrix(path: str | Path, cm: np.ndarray, names: Sequence[str]
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xticks(range(k), names), ax.set_yticks(range(k), names)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

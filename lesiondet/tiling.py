@@ -124,6 +124,11 @@ def slice_windows(width: int, height: int, win: int, overlap: float) -> list[tup
     return [(x, y, min(x + win, width), min(y + win, height)) for y in ys for x in xs]
 
 
+def big_enough(boxes: np.ndarray, min_px: float) -> np.ndarray:
+    """Boxes whose longer side reaches ``min_px``: what the shrunk whole-image view can still show."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_px
+
+
 def low_res_fov(img: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, float]:
     """Field-of-view mask at ``max_side`` pixels and the factor from source to mask pixels."""
     from .fundus import fov_mask
@@ -169,19 +174,16 @@ def sample_window(objects: Sequence[VocObject], width: int, height: int, win: in
     """
     ww, wh = min(win, width), min(win, height)
 
-    def place(lo: float, hi: float, extent: int, size: int) -> int:
+    def start(b0: float, b1: float, extent: int, size: int) -> int:
+        """Window start keeping ``[b0, b1]`` inside when it fits, else centred on it; within the image."""
+        lo, hi = (b1 - size, b0) if b1 - b0 <= size else ((b0 + b1 - size) / 2,) * 2
         lo, hi = max(0.0, lo), min(float(extent - size), hi)
         return int(rng.uniform(lo, hi)) if hi > lo else int(min(max(0.0, (lo + hi) / 2), extent - size))
 
     if mode == "positive" and objects:
-        classes = sorted({o.label for o in objects})
-        c = rng.choice(classes)
-        o = rng.choice([o for o in objects if o.label == c])
-        bx0, by0, bx1, by1 = o.box
-        x = place(bx1 - ww, bx0, width, ww) if bx1 - bx0 <= ww else place((bx0 + bx1 - ww) / 2, (bx0 + bx1 - ww) / 2,
-                                                                           width, ww)
-        y = place(by1 - wh, by0, height, wh) if by1 - by0 <= wh else place((by0 + by1 - wh) / 2, (by0 + by1 - wh) / 2,
-                                                                            height, wh)
+        c = rng.choice(sorted({o.label for o in objects}))
+        bx0, by0, bx1, by1 = rng.choice([o for o in objects if o.label == c]).box
+        x, y = start(bx0, bx1, width, ww), start(by0, by1, height, wh)
         return x, y, x + ww, y + wh
     best = None
     for _ in range(10):

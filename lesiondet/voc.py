@@ -9,7 +9,7 @@ torchvision and pycocotools expect. The conversion happens here and only here:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 

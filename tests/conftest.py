@@ -1,7 +1,6 @@
 """Shared fixtures: small VOC folders written on the fly, the shared real data, a tiny trained model."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
