@@ -17,9 +17,10 @@ demo: $(VENV)/.installed
 	$(BIN)/lesiondet train --voc annotations/sample/train --val annotations/sample/val \
 		--config configs/models/demo.yaml --epochs 10 --out $(RUN)
 	$(BIN)/lesiondet detect annotations/sample/test/JPEGImages --weights $(RUN)/best.pt \
-		--out $(RUN)/detect --exist-ok --grade
-	$(BIN)/lesiondet eval --map --voc annotations/sample/test --weights $(RUN)/best.pt --json $(RUN)/eval.json
-	@echo "demo outputs: $(RUN)/ (best.pt, curves.png, metrics.csv, detect/*.png|json|xml, eval.json)"
+		--out $(RUN)/detect --exist-ok --grade --report
+	$(BIN)/lesiondet eval --map --voc annotations/sample/test --weights $(RUN)/best.pt --json $(RUN)/eval.json \
+		--out $(RUN)/eval
+	@echo "demo outputs: $(RUN)/ (best.pt, curves.png, pr_curves.png, metrics.csv, detect/report.html, detect/*.png|json|xml, eval/*.png, eval.json)"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -147,14 +147,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _check_images(records) -> None:
-    """Open every image header before training starts, so a bad file fails now, not in hour three."""
-    from .voc import image_size
+    """Decode every image before training starts, so a bad file fails now, not in hour three."""
+    from .errors import ImageError
+    from .images import read_rgb
+    from .progress import progress
 
-    for r in records:
-        w, h = image_size(r.image_path)
+    for r in progress(records, desc="checking images", enabled=len(records) > 50):
+        # A full decode: a truncated JPEG has a good header and would fail only inside the data loader.
+        h, w = read_rgb(r.image_path).shape[:2]
         if (w, h) != (r.width, r.height):
-            from .errors import ImageError
-
             raise ImageError(r.image_path, f"image is {w}x{h} but {r.xml_path} says {r.width}x{r.height}",
                              "fix <size> in the XML or re-annotate the image")
 
@@ -165,7 +166,9 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            from .fileio import list_dir
+
+            found = [q for q in list_dir(p) if q.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise LesiondetError(p, "no images (.jpg, .png, .tif, .bmp) in this folder", "point at image files")
             paths += found
@@ -177,64 +180,37 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from .fileio import next_run_dir, write_json
-    from .images import read_rgb
+    from .detect import count_table, detect_files
+    from .fileio import next_run_dir
+    from .grade import GradingConfig
     from .infer import Predictor
-    from .report import detections_json, draw, write_png
-    from .voc import write_voc
-    from tqdm import tqdm
 
     images = _collect_images(a.images)
     predictor = Predictor(a.weights, a.device, a.score, **_tiling_overrides(a))
+    grading = GradingConfig.load(a.grading) if (a.grade or a.report) else None
     out = Path(a.out)
     if a.exist_ok:
         out.mkdir(parents=True, exist_ok=True)
     else:
         out = next_run_dir(out.parent, out.name)
-    classes = predictor.classes
+    run = detect_files(predictor, images, out, grading=grading, report=a.report)
+    print(count_table(run, predictor.classes))
     if a.grade:
-        from .grade import GradingConfig, grade
-        from .fundus import fov_mask
+        for rec, g in zip(run.records, run.grades):
+            print(f"{rec.image_path.name}: grade {g.grade} – {g.grade_name}")
+            for r in g.reasons:
+                print(f"  - {r}")
+        if run.records:
+            from .grade import PDR_SENTENCE
 
-        gcfg = GradingConfig.load(a.grading)
-    header = f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)
-    rows, failures, graded = [header], [], []
-    for path in tqdm(images, desc="detect", disable=len(images) < 2, leave=False):
-        try:
-            img = read_rgb(path)
-            rec = predictor.predict_array(img, path)
-        except LesiondetError as e:
-            failures.append(str(e))
-            continue
-        doc = detections_json(rec)
-        n = Counter(o.label for o in rec.objects)
-        row = f"{path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes)
-        if a.grade:
-            g = grade(rec, config=gcfg, fov_area_px=float(fov_mask(img).sum()))
-            doc["grade"] = g.to_dict()
-            row += f"  grade {g.grade} ({g.grade_name})" + ("  DME?" if g.dme_suspect else "")
-            graded.append((path.name, g))
-        write_png(out / f"{path.stem}.png", draw(img, rec))
-        write_json(out / f"{path.stem}.json", doc)
-        write_voc(rec, out / f"{path.stem}.xml")
-        rows.append(row)
-    print("\n".join(rows))
-    for name, g in graded:
-        print(f"{name}: grade {g.grade} – {g.grade_name}")
-        for r in g.reasons:
-            print(f"  - {r}")
-    if graded:
-        from .grade import PDR_SENTENCE
-
-        print(f"Note: {PDR_SENTENCE}")
+            print(f"Note: {PDR_SENTENCE}")
+    if run.report:
+        _say(f"report {run.report}")
     _say(f"results in {out} (annotated .png, .json, labelImg .xml with <score>; score >= {a.score})")
-    if failures:
-        from .fileio import write_text
-
-        write_text(out / "failures.txt", "\n".join(failures) + "\n")
-        for f in failures:
+    if run.failures:
+        for f in run.failures:
             print(f"lesiondet: error: {f}", file=sys.stderr)
-        _say(f"{len(failures)} of {len(images)} image(s) failed; list in {out / 'failures.txt'}")
+        _say(f"{len(run.failures)} of {len(images)} image(s) failed; list in {out / 'failures.txt'}")
         return 1
     return 0
 
@@ -242,7 +218,9 @@ def cmd_detect(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate_detections, format_froc, format_table, json_safe
-    from .fileio import write_json
+    from .fileio import next_run_dir, write_json
+    from .grade_learn import grade_agreement, plot_confusion
+    from .report import plot_froc, plot_pr_curves
     from .labels import LabelMap, load_label_map
     from .voc import present_labels, read_voc_dir
 
@@ -271,10 +249,20 @@ def cmd_eval(a: argparse.Namespace) -> int:
         classes = list(label_map.classes) if a.labels else \
             [c for c in label_map.classes if c in present_labels(gt) | present_labels(preds)]
     result = evaluate_detections(gt, preds, classes)
+    result["grade_agreement"] = grade_agreement(gt, preds, a.grade_score)
     print(format_table(result))
     print(format_froc(result))
+    ga = result["grade_agreement"]
     print(f"{len(gt)} images, {result['n_pred']} detections; mAP@[.5:.95] {result['mAP']:.4f}  "
           f"AP50 {result['mAP50']:.4f}  (pycocotools, maxDets 1000)")
+    print(f"ICDR grade from detections vs from ground truth: agreement {ga['accuracy']:.3f}, "
+          f"quadratic kappa {ga['qwk']:.3f}")
+    out = next_run_dir(Path(a.out).parent, Path(a.out).name)
+    plot_pr_curves(out / "pr_curves.png", result)
+    plot_froc(out / "froc.png", result)
+    plot_confusion(out / "grade_confusion.png", ga["reference"], ga["predicted"],
+                   f"grade from detections vs ground-truth boxes (kappa {ga['qwk']:.3f})")
+    _say(f"figures in {out} (pr_curves.png, froc.png, grade_confusion.png)")
     if a.json:
         write_json(a.json, json_safe(result))
         _say(f"wrote {a.json}")
@@ -292,12 +280,12 @@ def cmd_grade(a: argparse.Namespace) -> int:
     from .grade_learn import (FEATURES, OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa,
                               read_labels_csv)
     from .labels import load_label_map
+    from .progress import progress
     from .voc import read_voc_dir
-    from tqdm import tqdm
 
     cfg = GradingConfig.load(a.grading)
     records = read_voc_dir(a.voc, load_label_map(a.labels), a.images)
-    grades = [grade_record(r, cfg) for r in tqdm(records, desc="grade", leave=False, disable=len(records) < 20)]
+    grades = [grade_record(r, cfg) for r in progress(records, desc="grade", enabled=len(records) >= 20)]
     names = [r.stem for r in records]
     model = None
     if a.fit:
@@ -534,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--grade", action="store_true", help="grade DR severity (ICDR 0-3) from the detections")
     d.add_argument("--grading", help="grading thresholds YAML (default: configs/grading.yaml values)")
+    d.add_argument("--report", action="store_true",
+                   help="also write a self-contained report.html (images, lesion tables, grades, flags)")
     _add_tiling_args(d)
     d.set_defaults(func=cmd_detect)
 
@@ -547,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", help="label map YAML")
     e.add_argument("--score", type=_score, default=0.01, help="minimum score kept with --weights (default 0.01)")
     e.add_argument("--json", help="write the figures to this JSON file")
+    e.add_argument("--grade-score", type=_score, default=0.3,
+                   help="score threshold for grading the detections (default 0.3, as detect)")
+    e.add_argument("--out", default="runs/eval", help="folder for the PR, FROC and grade plots; numbered if it exists")
     e.add_argument("--device", default="auto")
     _add_tiling_args(e)
     e.set_defaults(func=cmd_eval)
@@ -617,6 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except LesiondetError as e:
         print(f"lesiondet: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unreadable file, full disk: the OS says what, we say where
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lesiondet: error: {where}{e.strerror or e}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lesiondet: interrupted", file=sys.stderr)

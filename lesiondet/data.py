@@ -48,6 +48,26 @@ def train_transforms(aug: Mapping[str, Any] | None = None) -> A.Compose:
     )
 
 
+def seed_augment(tf: A.Compose, seed: int) -> None:
+    """Draw every augmentation from one stream seeded with ``seed``.
+
+    Albumentations keeps its own generators, untouched by ``np.random.seed``;
+    one shared stream (rather than ``Compose.set_random_seed``, which gives each
+    transform the same seed and so flips horizontally exactly when it flips
+    vertically) makes runs repeatable and lets ``last.pt`` carry the state.
+    """
+    tf.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def augment_state(tf: A.Compose) -> dict[str, Any]:
+    return {"numpy": tf.random_generator.bit_generator.state, "python": tf.py_random.getstate()}
+
+
+def set_augment_state(tf: A.Compose, state: Mapping[str, Any]) -> None:
+    tf.random_generator.bit_generator.state = state["numpy"]
+    tf.py_random.setstate(state["python"])
+
+
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
 

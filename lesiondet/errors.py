@@ -13,11 +13,12 @@ class LesiondetError(Exception):
 
     def __init__(self, path: str | Path | None, problem: str, fix: str = "") -> None:
         self.path = None if path is None else str(path)
-        self.problem = problem
-        self.fix = fix
+        # One line, always: parser messages (lxml, PIL) can carry newlines.
+        self.problem = " ".join(str(problem).split())
+        self.fix = " ".join(str(fix).split())
         where = f"{self.path}: " if self.path else ""
-        tail = f"; {fix}" if fix else ""
-        super().__init__(f"{where}{problem}{tail}")
+        tail = f"; {self.fix}" if self.fix else ""
+        super().__init__(f"{where}{self.problem}{tail}")
 
 
 class VocError(LesiondetError):

@@ -103,6 +103,8 @@ def coco_map(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Seque
     result["mAP50"] = _mean(prec[0])
     for k, c in enumerate(classes):
         result["per_class"][c] = {"AP": _mean(prec[:, :, k]), "AP50": _mean(prec[0, :, k]), "n_gt": n_gt[c]}
+    # Precision at IoU 0.5 on COCO's 101 recall points (-1 past the highest recall reached): the PR curves.
+    result["pr50"] = {c: [round(float(v), 4) for v in prec[0, :, k]] for k, c in enumerate(classes) if n_gt[c]}
     return result
 
 

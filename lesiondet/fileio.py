@@ -62,6 +62,20 @@ def next_run_dir(base: str | Path, name: str) -> Path:
     return candidate
 
 
+def list_dir(folder: str | Path) -> list[Path]:
+    """The entries of ``folder``, sorted; a ``LesiondetError`` naming it when it cannot be listed."""
+    from .errors import LesiondetError
+
+    folder = Path(folder)
+    try:
+        return sorted(folder.iterdir())
+    except PermissionError:
+        raise LesiondetError(folder, "folder cannot be read (permission denied)",
+                             "give your user read access (chmod u+rx) or copy the files somewhere readable") from None
+    except OSError as e:
+        raise LesiondetError(folder, f"cannot list the folder ({e.strerror or e})", "check the path") from None
+
+
 def read_yaml(path: str | Path, what: str, fix: str) -> dict:
     """A YAML mapping from ``path``; a ``LesiondetError`` naming the file when it is missing or broken."""
     import yaml

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import LesiondetError
-from .grade import Grade
+from .grade import Grade, GradingConfig, grade
+from .voc import VocRecord
 
 FEATURES = ("log_MA", "log_HE", "log_EX", "log_SE", "area_HE", "area_EX", "area_SE",
             "he_q_min", "he_q_2", "he_q_3", "he_q_max", "dme")
@@ -105,6 +106,28 @@ def read_labels_csv(path: str | Path) -> dict[str, int]:
     if not out:
         raise LesiondetError(p, "no rows", "add image,grade rows")
     return out
+
+
+def grade_agreement(reference: Sequence[VocRecord], predicted: Sequence[VocRecord], score: float = 0.3,
+                    config: GradingConfig | None = None) -> dict:
+    """How often grading the detections gives the grade that grading the ground-truth boxes gives.
+
+    Detections below ``score`` (``lesiondet detect``'s default threshold) are left
+    out, as detect leaves them out. Records are matched by file stem. Returns ``{"reference", "predicted"`` (grade lists),
+    ``"accuracy", "qwk", "confusion"`` (5x5, rows = reference)``}``.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    by_stem = {r.stem: r for r in predicted}
+    ref, pred = [], []
+    for r in reference:
+        p = by_stem.get(r.stem, r.with_objects([]))
+        p = p.with_objects(o for o in p.objects if o.score is None or o.score >= score)
+        ref.append(grade(r, config=config).grade)
+        pred.append(grade(p, image_size=(r.width, r.height), config=config).grade)
+    acc = float(np.mean(np.equal(ref, pred))) if ref else float("nan")
+    return {"reference": ref, "predicted": pred, "accuracy": acc, "qwk": quadratic_weighted_kappa(ref, pred),
+            "confusion": confusion_matrix(ref, pred, labels=list(range(5))).tolist()}
 
 
 def plot_confusion(path: str | Path, y_true: Sequence[int], y_pred: Sequence[int], title: str) -> Path:

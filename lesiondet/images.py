@@ -29,6 +29,12 @@ def read_rgb(path: str | Path, allow_16bit: bool = False) -> np.ndarray:
         with Image.open(path) as im:
             im.load()  # forces a full decode so truncated files fail here
             mode = im.mode
+            if mode in ("RGB", "RGBA") and _bits_per_sample(path, im) > 8:
+                # Pillow silently keeps only the high byte of 48/64-bit colour; refuse or decode it properly.
+                if not allow_16bit:
+                    raise ImageError(path, "16-bit colour image is not supported",
+                                     "convert it to 8-bit RGB (e.g. PNG/JPEG) first")
+                return _read_16bit_colour(path)
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 if not allow_16bit:
                     raise ImageError(path, f"{mode} image (16-bit) is not supported",
@@ -49,3 +55,25 @@ def read_rgb(path: str | Path, allow_16bit: bool = False) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         why = "not a readable image" if isinstance(e, UnidentifiedImageError) else "truncated or corrupt"
         raise ImageError(path, f"{why} ({str(e)[:80]})", "replace it with a valid JPEG or PNG") from None
+
+
+def _bits_per_sample(path: Path, im: Image.Image) -> int:
+    """Bits per channel as stored in the file (PNG IHDR, TIFF BitsPerSample); 8 when unknown."""
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(25)
+        return head[24] if len(head) == 25 else 8
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    return 8
+
+
+def _read_16bit_colour(path: Path) -> np.ndarray:
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3:
+        raise ImageError(path, "cannot decode the 16-bit colour image", "convert it to 8-bit RGB first")
+    arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB).astype(np.float32)
+    return (arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .data import fit_to, to_tensor
 from .device import resolve_device
+from .errors import LesiondetError
 from .images import read_rgb
 from .model import detector_from_checkpoint, load_checkpoint
+from .progress import progress as progress_bar
 from .tiling import (big_enough, drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling,
                      should_slice, slice_windows, window_size)
 from .voc import VocObject, VocRecord
@@ -39,11 +42,17 @@ def input_size(model: torch.nn.Module, min_size: int, max_size: int) -> Iterator
         t.min_size, t.max_size = old
 
 
-def _tile_passes(model, img, t, device, add) -> None:
+def tile_windows(img: np.ndarray, tiling: Mapping[str, Any]) -> list[tuple[int, int, int, int]]:
+    """The ``(x0, y0, x1, y1)`` tiles sliced inference runs on ``img``: those with enough field of view."""
     h, w = img.shape[:2]
     fov = low_res_fov(img)
-    windows = [wd for wd in slice_windows(w, h, window_size(t), float(t["overlap"]))
-               if fov_share(fov[0], fov[1], wd) >= t["fov_min"]]
+    return [wd for wd in slice_windows(w, h, window_size(tiling), float(tiling["overlap"]))
+            if fov_share(fov[0], fov[1], wd) >= tiling["fov_min"]]
+
+
+def _tile_passes(model, img, t, device, add) -> None:
+    h, w = img.shape[:2]
+    windows = tile_windows(img, t)
     full = to_tensor(img)
     for i in range(0, len(windows), int(t["batch"])):
         chunk = windows[i:i + int(t["batch"])]
@@ -114,7 +123,7 @@ def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classe
     model.eval()
     out: list[VocRecord] = []
     records = list(records)
-    bar = tqdm(total=len(records), desc="predict", leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(records), desc="predict", enabled=progress)
     if tiling is not None:
         for r in records:
             o = sliced_predict(model, read_rgb(r.image_path), tiling, device)
@@ -130,6 +139,33 @@ def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classe
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+def read_ahead(paths: Iterable[str | Path], read=read_rgb, depth: int = 2
+               ) -> Iterator[tuple[Path, np.ndarray | LesiondetError]]:
+    """``(path, image)`` pairs, decoded on a background thread ``depth`` files ahead.
+
+    Pillow and OpenCV release the GIL while decoding, so the next JPEG is
+    decoded on the other core while the model runs on this one. An unreadable
+    file yields its ``LesiondetError`` in place of the image, so a folder run
+    can report it and go on.
+    """
+    def load(p: Path) -> np.ndarray | LesiondetError:
+        try:
+            return read(p)
+        except LesiondetError as e:
+            return e
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        for p in map(Path, paths):
+            pending.append((p, pool.submit(load, p)))
+            if len(pending) > depth:
+                q, fut = pending.popleft()
+                yield q, fut.result()
+        while pending:
+            q, fut = pending.popleft()
+            yield q, fut.result()
 
 
 def checkpoint_tiling(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, Any] | None:
@@ -170,3 +206,15 @@ class Predictor:
 
     def predict(self, path: str | Path) -> VocRecord:
         return self.predict_array(read_rgb(path), path)
+
+    def predict_paths(self, paths: Iterable[str | Path], depth: int = 2
+                      ) -> Iterator[tuple[Path, np.ndarray | None, VocRecord | LesiondetError]]:
+        """``(path, image, record)`` for each file, decoding ahead while the model runs.
+
+        A file that cannot be read gives ``(path, None, error)`` and the run goes on.
+        """
+        for p, img in read_ahead(paths, depth=depth):
+            if isinstance(img, LesiondetError):
+                yield p, None, img
+            else:
+                yield p, img, self.predict_array(img, p)

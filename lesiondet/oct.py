@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .errors import LesiondetError
 from .images import read_rgb
+from .progress import progress as progress_bar
 from .voc import IMAGE_SUFFIXES
 
 OCT_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
@@ -79,8 +79,10 @@ def read_oct_data(source: str | Path, classes: Sequence[str] | None = None) -> l
     src = Path(source)
     samples: list[OctSample] = []
     if src.is_dir():
-        for d in sorted(p for p in src.iterdir() if p.is_dir()):
-            for f in sorted(d.iterdir()):
+        from .fileio import list_dir
+
+        for d in (p for p in list_dir(src) if p.is_dir()):
+            for f in list_dir(d):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     samples.append(OctSample(f, d.name.upper(), patient_of(f)))
         if not samples:
@@ -231,7 +233,7 @@ def _run_epoch(model, loader, loss_fn, device, opt=None, scaler=None, use_amp=Fa
     model.train(train)
     total, n, correct = 0.0, 0, 0
     with torch.set_grad_enabled(train):
-        for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not desc):
+        for x, y in progress_bar(loader, desc=desc or "", enabled=bool(desc)):
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(x)
@@ -434,7 +436,7 @@ class OctClassifier:
 
     def predict_proba(self, paths: Sequence[str | Path], batch: int = 16, progress: bool = False) -> np.ndarray:
         out = []
-        for i in tqdm(range(0, len(paths), batch), desc="oct predict", leave=False, disable=not progress):
+        for i in progress_bar(range(0, len(paths), batch), desc="oct predict", enabled=progress):
             out.append(self.predict_proba_arrays([read_scan(p) for p in paths[i:i + batch]]))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 

@@ -113,6 +113,39 @@ def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
     return save_figure(fig, path)
 
 
+def plot_pr_curves(path: str | Path, result: dict, title: str = "") -> Path:
+    """Precision-recall at IoU 0.5 per class (``coco_map``'s ``pr50``), AP50 in the legend."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    recall = np.linspace(0, 1, 101)
+    for c, prec in (result.get("pr50") or {}).items():
+        p = np.array(prec, dtype=float)
+        reached = p > -1  # COCO marks recall levels never reached with -1
+        ap = result["per_class"][c]["AP50"]
+        ax.plot(recall[reached], p[reached], color=np.array(colour(c)) / 255 * 0.85, lw=2,
+                label=f"{c}  AP50 {ap:.3f}  (n={result['per_class'][c]['n_gt']})")
+    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
+    ax.set_title(title or f"PR curves at IoU 0.5 (mAP50 {result.get('mAP50', float('nan')):.3f})", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left"), ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_froc(path: str | Path, result: dict) -> Path:
+    """FROC per class: sensitivity against false positives per image (log scale), as ROC reports it."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, row in (result.get("froc") or {}).items():
+        rates = [k for k in row if k != "mean"]
+        sens = [row[k] for k in rates]
+        if all(v != v for v in sens):  # nan: no ground truth of this class
+            continue
+        ax.plot([float(r) for r in rates], sens, marker="o", color=np.array(colour(c)) / 255 * 0.85, lw=2,
+                label=f"{c}  mean {row['mean']:.3f}")
+    ax.set_xscale("log", base=2), ax.set_xlabel("false positives per image"), ax.set_ylabel("sensitivity")
+    ax.set_ylim(0, 1.02), ax.set_title("FROC (hit: centre inside the lesion box or IoU >= 0.2)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left"), ax.grid(alpha=0.3, which="both")
+    return save_figure(fig, path)
+
 
 def plot_confusion_matrix(path: str | Path, cm: np.ndarray, names: Sequence[str], title: str,
                           xlabel: str = "predicted", ylabel: str = "reference") -> Path:

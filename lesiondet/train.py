@@ -17,18 +17,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from . import __version__
 from .config import DEFAULT_TRAIN
-from .data import TileDataset, collate, train_transforms
+from .data import TileDataset, augment_state, collate, seed_augment, set_augment_state, train_transforms
 from .device import init_distributed
 from .evaluate import coco_map
 from .fileio import save_torch
 from .infer import predict_records
 from .labels import LabelMap
 from .model import CHECKPOINT_FORMAT, build_detector, resolve_arch
-from .report import plot_curves, write_metrics_csv
+from .progress import progress
+from .report import plot_curves, plot_pr_curves, write_metrics_csv
 from .tiling import auto_zoom, resolve_tiling
 from .voc import VocRecord
 
@@ -64,6 +64,9 @@ def _seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and getattr(info.dataset, "transforms", None) is not None:
+        seed_augment(info.dataset.transforms, s)
 
 
 class Schedule:
@@ -133,8 +136,9 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
 
-    ds = TileDataset(train_records, label_map, tiling, train_transforms(cfg.get("augment")), tcfg["use_difficult"],
-                     annotated)
+    augment = train_transforms(cfg.get("augment"))
+    seed_augment(augment, int(tcfg["seed"]) + rank)
+    ds = TileDataset(train_records, label_map, tiling, augment, tcfg["use_difficult"], annotated)
     val_fit = val_subset(val_records, int(tcfg["val_max_images"]))
     sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=tcfg["seed"]) if world > 1 else None
     gen = torch.Generator().manual_seed(int(tcfg["seed"]))
@@ -160,6 +164,8 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
         start_epoch, best, history = ck["epoch"] + 1, ck["best_fitness"], list(ck["history"])
         gen.set_state(ck["loader_generator"])
         _set_rng_state(ck["rng"])
+        if "augment_rng" in ck:
+            set_augment_state(augment, ck["augment_rng"])
         if main:
             log(f"resumed from {resume} at epoch {start_epoch + 1}/{epochs}")
 
@@ -191,7 +197,7 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
         ddp_model.train()
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not main, leave=False, dynamic_ncols=True)
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{epochs}", enabled=main)
         for images, targets in bar:
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -236,9 +242,12 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
                      "best_fitness": best}
             if is_best:
                 save_torch(out_dir / "best.pt", state)
+                plot_pr_curves(out_dir / "pr_curves.png", metrics,
+                               f"validation PR at IoU 0.5, epoch {epoch + 1} (best.pt): mAP50 {metrics['mAP50']:.3f}")
             save_torch(out_dir / "last.pt", {
                 **state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(), "loader_generator": gen.get_state(),
+                "augment_rng": augment_state(augment),
                 "history": history, "stopped_early": stopped_early})
             write_metrics_csv(out_dir / "metrics.csv", history)
             plot_curves(out_dir / "curves.png", history)

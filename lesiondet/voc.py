@@ -158,6 +158,9 @@ def parse_voc(xml_path: str | Path, label_map: LabelMap, images_dir: str | Path 
     except etree.XMLSyntaxError as e:
         raise VocError(xml_path, f"malformed XML ({e.msg}, line {e.lineno})",
                        "fix the file or re-save it in labelImg") from None
+    except (OSError, etree.LxmlError) as e:  # lxml reports some encoding faults as I/O errors
+        raise VocError(xml_path, f"cannot be read as XML ({str(e).split(': ')[-1][:120]})",
+                       "fix the file or re-save it in labelImg") from None
     if root.tag != "annotation":
         raise VocError(xml_path, f"root element is <{root.tag}>, not <annotation>",
                        "this is not a Pascal VOC file; re-save it in labelImg")
@@ -208,6 +211,10 @@ def parse_voc(xml_path: str | Path, label_map: LabelMap, images_dir: str | Path 
                            f"(xmin={coords[0]:g} ymin={coords[1]:g} xmax={coords[2]:g} ymax={coords[3]:g})",
                            "redraw the box inside the image or fix <size>")
         box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+        if box[2] <= box[0] or box[3] <= box[1]:  # e.g. xmin=xmax=0 from a 0-based tool: nothing left inside
+            raise VocError(xml_path, f"{what} ('{name}') has no area inside the {width}x{height} image "
+                           f"(xmin={coords[0]:g} ymin={coords[1]:g} xmax={coords[2]:g} ymax={coords[3]:g})",
+                           "redraw the box inside the image (VOC pixels start at 1)")
         if label is None:  # listed under ignore:
             continue
         difficult = (_text(obj, "difficult") or "0") not in ("0", "false", "False", "")
@@ -222,8 +229,10 @@ def parse_voc(xml_path: str | Path, label_map: LabelMap, images_dir: str | Path 
 def read_voc_dir(path: str | Path, label_map: LabelMap, images_dir: str | Path | None = None,
                  source: str = "", need_image: bool = True) -> list[VocRecord]:
     """Every ``*.xml`` in a labelImg folder (or ``path/Annotations``), sorted by name."""
+    from .fileio import list_dir
+
     folder = annotations_dir(path)
-    xmls = sorted(folder.glob("*.xml"))
+    xmls = [p for p in list_dir(folder) if p.suffix.lower() == ".xml"]
     if not xmls:
         raise VocError(folder, "no .xml annotation files in this folder",
                        "point --voc at the folder labelImg saved to (or its parent with Annotations/)")

@@ -44,6 +44,12 @@ def voc_dir(tmp_path: Path):
     return make
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """Each test runs in its own folder, so default outputs (runs/…) never land in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED / "fundus").is_dir():
@@ -76,11 +82,15 @@ train:
 """
 
 
+def _config_file(tmp_path_factory, text: str) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "config.yaml"
+    p.write_text(text)
+    return p
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    p.write_text(TINY_CONFIG)
-    return p
+    return _config_file(tmp_path_factory, TINY_CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -92,4 +102,32 @@ def trained_run(tiny_sample: Path, tiny_config: Path, tmp_path_factory) -> Path:
     rc = main(["train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"),
                "--config", str(tiny_config), "--out", str(out), "--device", "cpu"])
     assert rc == 0
+    return out
+
+
+OCT_FAST = "oct:\n  size: 64\n  batch: 8\n  head_epochs: 1\n  epochs: 1\n  min_steps: 2\n"
+
+
+@pytest.fixture(scope="session")
+def oct_sample(tmp_path_factory) -> Path:
+    """A synthetic OCT class-per-folder set: 6 scans per class from 3 patients."""
+    from lesiondet.synth import write_oct_sample
+
+    return write_oct_sample(tmp_path_factory.mktemp("oct") / "data", per_class=6, patients=3, seed=3,
+                            width=128, height=96)
+
+
+@pytest.fixture(scope="session")
+def oct_fast_config(tmp_path_factory) -> Path:
+    return _config_file(tmp_path_factory, OCT_FAST)
+
+
+@pytest.fixture(scope="session")
+def oct_run(oct_sample, oct_fast_config, tmp_path_factory) -> Path:
+    """One short OCT training run through the CLI; returns the run folder."""
+    from lesiondet.cli import main
+
+    out = tmp_path_factory.mktemp("octrun") / "run"
+    assert main(["oct", "train", "--data", str(oct_sample), "--config", str(oct_fast_config),
+                 "--out", str(out), "--device", "cpu"]) == 0
     return out

@@ -14,7 +14,7 @@ from .conftest import ROOT, write_image, write_xml
 
 
 def test_train_writes_a_complete_run_folder(trained_run: Path):
-    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "pr_curves.png"):
         assert (trained_run / name).is_file(), name
     ck = torch.load(trained_run / "best.pt", weights_only=False)
     assert ck["classes"] == ["MA", "HE", "EX", "OD"] and ck["arch"]["min_size"] == 128
@@ -76,9 +76,14 @@ def test_eval_with_weights_and_with_prediction_folder_agree(trained_run, tiny_sa
 
 def test_eval_of_ground_truth_against_itself_is_one(tiny_sample, tmp_path):
     gt = str(tiny_sample / "test")
-    assert main(["eval", "--map", "--voc", gt, "--pred", gt, "--json", str(tmp_path / "g.json")]) == 0
+    assert main(["eval", "--map", "--voc", gt, "--pred", gt, "--json", str(tmp_path / "g.json"),
+                 "--out", str(tmp_path / "ev")]) == 0
     doc = json.loads((tmp_path / "g.json").read_text())
     assert doc["mAP"] == 1.0 and doc["mAP50"] == 1.0
+    assert doc["grade_agreement"]["accuracy"] == 1.0 and doc["grade_agreement"]["qwk"] == 1.0
+    assert all(p == 1.0 for p in doc["pr50"]["MA"])  # perfect precision at every recall level
+    for name in ("pr_curves.png", "froc.png", "grade_confusion.png"):
+        assert (tmp_path / "ev" / name).stat().st_size > 5000, name
     assert set(doc["froc"]["MA"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "8", "mean"}
     assert doc["froc"]["MA"]["0.125"] == 1.0 and doc["froc"]["EX"]["mean"] == 1.0
     assert sum(b["n_gt"] for b in doc["ap50_by_size"].values()) == sum(c["n_gt"] for c in doc["per_class"].values())
@@ -171,6 +176,19 @@ def test_detect_on_a_folder_keeps_going_past_a_bad_image(tmp_path, trained_run, 
     assert rc == 1
     assert (tmp_path / "o" / "good.json").is_file() and not (tmp_path / "o" / "broken.json").exists()
     assert "broken.jpg" in (tmp_path / "o" / "failures.txt").read_text()
+
+
+def test_folder_detect_draws_a_progress_bar_when_asked(tmp_path, trained_run, tiny_sample, monkeypatch, capsys):
+    monkeypatch.setenv("LESIONDET_PROGRESS", "1")  # bars are drawn on a terminal; this forces one in a pipe
+    assert main(["detect", str(tiny_sample / "test" / "JPEGImages"), "--weights", str(trained_run / "best.pt"),
+                 "--out", str(tmp_path / "d")]) == 0
+    assert "detect: 100%" in capsys.readouterr().err
+
+
+def test_bars_stay_out_of_logs(tmp_path, trained_run, tiny_sample, capsys):
+    assert main(["detect", str(tiny_sample / "test" / "JPEGImages"), "--weights", str(trained_run / "best.pt"),
+                 "--out", str(tmp_path / "d")]) == 0
+    assert "%|" not in capsys.readouterr().err
 
 
 def test_non_numeric_option_is_one_line(capsys):

@@ -10,24 +10,8 @@ from lesiondet.cli import main
 from lesiondet.errors import LesiondetError
 from lesiondet.oct import (OctClassifier, classification_metrics, class_weights, patient_of, patient_split,
                            read_oct_data, read_scan)
-from lesiondet.synth import write_oct_sample
 
-FAST = "oct:\n  size: 64\n  batch: 8\n  head_epochs: 1\n  epochs: 1\n  min_steps: 2\n"
-
-
-@pytest.fixture(scope="module")
-def oct_sample(tmp_path_factory) -> Path:
-    return write_oct_sample(tmp_path_factory.mktemp("oct") / "data", per_class=6, patients=3, seed=3,
-                            width=128, height=96)
-
-
-@pytest.fixture(scope="module")
-def oct_run(oct_sample, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("octrun")
-    (root / "fast.yaml").write_text(FAST)
-    assert main(["oct", "train", "--data", str(oct_sample), "--config", str(root / "fast.yaml"),
-                 "--out", str(root / "run"), "--device", "cpu"]) == 0
-    return root / "run"
+from .conftest import OCT_FAST as FAST
 
 
 def test_kermany_names_give_the_patient():

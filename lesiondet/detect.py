@@ -1,0 +1,130 @@
+"""Detect lesions in a list of image files and write what people look at.
+
+``detect_files`` is what ``lesiondet detect`` runs: per image an annotated PNG,
+a JSON, a labelImg XML with ``<score>``, optionally a grade, and optionally one
+``report.html`` for the run. Decoding runs ahead on one thread and writing
+behind on another, so the model never waits for JPEG or PNG codecs.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+
+from .errors import LesiondetError
+from .fileio import write_json, write_text
+from .grade import Grade, GradingConfig, grade
+from .infer import Predictor
+from .progress import progress
+from .report import detections_json, draw, write_png
+from .voc import VocRecord, write_voc
+
+
+@dataclass
+class DetectRun:
+    """What a folder run produced."""
+
+    out: Path
+    records: list[VocRecord] = field(default_factory=list)
+    grades: list[Grade | None] = field(default_factory=list)
+    failures: list[LesiondetError] = field(default_factory=list)
+    report: Path | None = None
+
+
+def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | Path, *,
+                 grading: GradingConfig | None = None, report: bool = False, show_progress: bool = True,
+                 read_ahead: int = 2) -> DetectRun:
+    """Run ``predictor`` over ``paths`` and write results into the existing folder ``out``.
+
+    Args:
+        grading: grade each image (ICDR) with these thresholds; None skips grading
+            unless ``report`` asks for it (then the defaults are used).
+        report: also write ``out/report.html``.
+        read_ahead: images decoded ahead of the model (0: decode in line).
+
+    A file that cannot be read is recorded in ``failures`` (and ``failures.txt``)
+    and the run goes on. Every file is written atomically.
+    """
+    from .fundus import fov_mask
+
+    out = Path(out)
+    paths = [Path(p) for p in paths]
+    if report and grading is None:
+        grading = GradingConfig()
+    writer_report = None
+    if report:
+        from .htmlreport import ReportWriter
+
+        writer_report = ReportWriter(out / "report.html", predictor.classes, "lesiondet detect",
+                                     {"weights": predictor.weights, "score threshold": predictor.score,
+                                      "images": len(paths)})
+    run = DetectRun(out)
+
+    def save(path: Path, img, rec: VocRecord, doc: dict, g: Grade | None) -> None:
+        annotated = draw(img, rec)
+        write_png(out / f"{path.stem}.png", annotated)
+        write_json(out / f"{path.stem}.json", doc)
+        write_voc(rec, out / f"{path.stem}.xml")
+        if writer_report is not None:
+            writer_report.add(path.name, annotated, rec, g)
+
+    items = predictor.predict_paths(paths, depth=read_ahead) if read_ahead > 0 else _in_line(predictor, paths)
+    pending: list = []
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as pool:
+            bar = progress(items, total=len(paths), desc="detect", enabled=show_progress and len(paths) > 1)
+            for path, img, rec in bar:
+                if isinstance(rec, LesiondetError):
+                    run.failures.append(rec)
+                    if writer_report is not None:
+                        writer_report.add_failure(path.name, rec.problem)
+                    continue
+                doc = detections_json(rec)
+                g = None
+                if grading is not None:
+                    g = grade(rec, config=grading, fov_area_px=float(fov_mask(img).sum()))
+                    doc["grade"] = g.to_dict()
+                run.records.append(rec)
+                run.grades.append(g)
+                pending.append(pool.submit(save, path, img, rec, doc, g))
+                # A bounded queue: at most a few decoded images wait for the writer.
+                while len(pending) > 2:
+                    pending.pop(0).result()
+            for f in pending:
+                f.result()
+    except BaseException:
+        if writer_report is not None:
+            writer_report.abort()
+        raise
+    if writer_report is not None:
+        run.report = writer_report.close()
+    if run.failures:
+        write_text(out / "failures.txt", "".join(f"{e}\n" for e in run.failures))
+    return run
+
+
+def _in_line(predictor: Predictor, paths: Sequence[Path]):
+    from .images import read_rgb
+
+    for p in paths:
+        try:
+            img = read_rgb(p)
+        except LesiondetError as e:
+            yield p, None, e
+            continue
+        yield p, img, predictor.predict_array(img, p)
+
+
+def count_table(run: DetectRun, classes: Sequence[str]) -> str:
+    """One row per image: counts per class, and the grade when graded."""
+    rows = [f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)]
+    for rec, g in zip(run.records, run.grades):
+        n = Counter(o.label for o in rec.objects)
+        row = f"{rec.image_path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes)
+        if g is not None:
+            row += f"  grade {g.grade} ({g.grade_name})" + ("  DME?" if g.dme_suspect else "")
+        rows.append(row)
+    return "\n".join(rows)
