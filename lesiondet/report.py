@@ -120,7 +120,7 @@ def plot_pr_curves(path: str | Path, result: dict, title: str = "") -> Path:
     recall = np.linspace(0, 1, 101)
     for c, prec in (result.get("pr50") or {}).items():
         p = np.array(prec, dtype=float)
-        reached = p > -1  # COCO marks recall levels never reached with -1
+        reached = p > 0  # COCO fills recall levels never reached with 0 (-1 when a class has no ground truth)
         ap = result["per_class"][c]["AP50"]
         ax.plot(recall[reached], p[reached], color=np.array(colour(c)) / 255 * 0.85, lw=2,
                 label=f"{c}  AP50 {ap:.3f}  (n={result['per_class'][c]['n_gt']})")
