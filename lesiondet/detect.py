@@ -71,7 +71,7 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
         if writer_report is not None:
             writer_report.add(path.name, annotated, rec, g)
 
-    items = predictor.predict_paths(paths, depth=read_ahead) if read_ahead > 0 else _in_line(predictor, paths)
+    items = predictor.predict_paths(paths, depth=read_ahead)
     pending: list = []
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as pool:
@@ -104,18 +104,6 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
     if run.failures:
         write_text(out / "failures.txt", "".join(f"{e}\n" for e in run.failures))
     return run
-
-
-def _in_line(predictor: Predictor, paths: Sequence[Path]):
-    from .images import read_rgb
-
-    for p in paths:
-        try:
-            img = read_rgb(p)
-        except LesiondetError as e:
-            yield p, None, e
-            continue
-        yield p, img, predictor.predict_array(img, p)
 
 
 def count_table(run: DetectRun, classes: Sequence[str]) -> str:

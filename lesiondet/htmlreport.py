@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from .data import fit_to
 from .fileio import atomic_path
 from .grade import Grade
 from .report import colour
@@ -76,10 +77,7 @@ document.querySelectorAll('#summary th').forEach(function(th, col){
 
 def jpeg_data_uri(rgb: np.ndarray, max_side: int, quality: int = 85) -> str:
     """``data:image/jpeg;base64,…`` of ``rgb`` shrunk to ``max_side`` (never enlarged)."""
-    h, w = rgb.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    if s < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    rgb, _ = fit_to(rgb, max_side)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")

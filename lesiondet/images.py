@@ -39,10 +39,7 @@ def read_rgb(path: str | Path, allow_16bit: bool = False) -> np.ndarray:
                 if not allow_16bit:
                     raise ImageError(path, f"{mode} image (16-bit) is not supported",
                                      "convert it to 8-bit RGB (e.g. PNG/JPEG) first")
-                arr = np.asarray(im, dtype=np.float32)
-                hi = float(arr.max()) or 1.0
-                arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-                return np.repeat(arr[..., None], 3, axis=2)
+                return np.repeat(_to_8bit(np.asarray(im, dtype=np.float32))[..., None], 3, axis=2)
             if mode == "RGB":
                 return np.asarray(im).copy()
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
@@ -75,5 +72,9 @@ def _read_16bit_colour(path: Path) -> np.ndarray:
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.ndim != 3:
         raise ImageError(path, "cannot decode the 16-bit colour image", "convert it to 8-bit RGB first")
-    arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB).astype(np.float32)
+    return _to_8bit(cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB).astype(np.float32))
+
+
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    """16-bit samples to uint8: scaled from the full 16-bit range when values exceed 255, else kept."""
     return (arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)

@@ -125,8 +125,11 @@ def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classe
     records = list(records)
     bar = progress_bar(total=len(records), desc="predict", enabled=progress)
     if tiling is not None:
-        for r in records:
-            o = sliced_predict(model, read_rgb(r.image_path), tiling, device)
+        # decode the next image while this one is predicted, as detect does
+        for r, (_, img) in zip(records, read_ahead(r.image_path for r in records)):
+            if isinstance(img, LesiondetError):
+                raise img
+            o = sliced_predict(model, img, tiling, device)
             out.append(r.with_objects(detections_from_output(o, classes, score)))
             bar.update()
         bar.close()
@@ -148,7 +151,7 @@ def read_ahead(paths: Iterable[str | Path], read=read_rgb, depth: int = 2
     Pillow and OpenCV release the GIL while decoding, so the next JPEG is
     decoded on the other core while the model runs on this one. An unreadable
     file yields its ``LesiondetError`` in place of the image, so a folder run
-    can report it and go on.
+    can report it and go on. ``depth=0`` decodes in line, on the caller's thread.
     """
     def load(p: Path) -> np.ndarray | LesiondetError:
         try:
@@ -156,6 +159,10 @@ def read_ahead(paths: Iterable[str | Path], read=read_rgb, depth: int = 2
         except LesiondetError as e:
             return e
 
+    if depth <= 0:
+        for p in map(Path, paths):
+            yield p, load(p)
+        return
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         for p in map(Path, paths):
