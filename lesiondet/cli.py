@@ -63,6 +63,7 @@ def _fraction(s: str) -> float:
 
 _score = _number_in(0.0, 1.0, hi_included=True)
 _overlap = _number_in(0.0, 0.9, hi_included=False)
+_share = _score
 
 
 # --------------------------------------------------------------------------- train
@@ -461,7 +462,7 @@ def cmd_oct_eval(a: argparse.Namespace) -> int:
 
 def _tiling_overrides(a: argparse.Namespace) -> dict:
     """Slicing options given on the command line (None: keep what the checkpoint says)."""
-    return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge,
+    return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "nested_ios": a.nested_ios,
             "slice": False if a.no_slice else None}
 
 
@@ -470,6 +471,8 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile", type=_positive_int, help="tile side in model pixels")
     g.add_argument("--overlap", type=_overlap, help="share of a tile that neighbours overlap (0-0.9)")
     g.add_argument("--merge", choices=("nms", "wbf"), help="merge tiles by class-wise NMS or weighted box fusion")
+    g.add_argument("--nested-ios", type=_share, metavar="S",
+                   help="drop a box lying this share inside a better one of its class (default 0.8; 0: keep all)")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
 
 
@@ -535,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--weights", help="checkpoint to run on the ground-truth images")
     src.add_argument("--pred", help="folder of predicted VOC XML (optional <score>), matched by file stem")
     e.add_argument("--labels", help="label map YAML")
-    e.add_argument("--score", type=_score, default=0.01, help="minimum score kept with --weights (default 0.01)")
+    e.add_argument("--score", type=_score, default=0.001, help="minimum score kept with --weights (default 0.001)")
     e.add_argument("--json", help="write the figures to this JSON file")
     e.add_argument("--grade-score", type=_score, default=0.3,
                    help="score threshold for grading the detections (default 0.3, as detect)")

@@ -19,8 +19,9 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "amp": True,
     "use_difficult": False,
     "seed": 0,
-    "val_score": 0.01,  # keep low-score detections for mAP; the curve needs them
+    "val_score": 0.001,  # keep low-score detections for mAP and FROC; the curves need them
     "val_max_images": 50,  # per-epoch fitness on this many validation images (0: all)
+    "val_max_tiles": 64,  # ... and on this many fixed tiles of the images that are sliced (0: whole images)
 }
 
 

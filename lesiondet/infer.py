@@ -17,7 +17,7 @@ from .images import read_rgb
 from .model import detector_from_checkpoint, load_checkpoint
 from .progress import progress as progress_bar
 from .tiling import (big_enough, drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling,
-                     should_slice, slice_windows, window_size)
+                     should_slice, slice_windows, suppress_nested, window_size)
 from .voc import VocObject, VocRecord
 
 
@@ -40,6 +40,39 @@ def input_size(model: torch.nn.Module, min_size: int, max_size: int) -> Iterator
         yield
     finally:
         t.min_size, t.max_size = old
+
+
+@contextlib.contextmanager
+def score_threshold(model: torch.nn.Module, score: float) -> Iterator[None]:
+    """Let the model return detections down to ``score``, whatever threshold it was built with.
+
+    NMS, the NMS merge across tiles and nested-box suppression are greedy by
+    score, so boxes below ``score`` never change the boxes above it: cutting
+    them inside the model is exact, and saves work. Weighted box fusion then
+    fuses only boxes above ``score`` (its "skip threshold").
+    """
+    heads = model.roi_heads
+    old = heads.score_thresh
+    heads.score_thresh = float(score)
+    try:
+        yield
+    finally:
+        heads.score_thresh = old
+
+
+@torch.inference_mode()
+def predict_tiles(model: torch.nn.Module, tiles: Sequence[tuple[np.ndarray, VocRecord]], classes: Sequence[str],
+                  device: torch.device, score: float, tiling: Mapping[str, Any]) -> list[VocRecord]:
+    """Detections for ready-cut tiles, each fed at the tile size; records in tile coordinates."""
+    model.eval()
+    out: list[VocRecord] = []
+    b = int(tiling["batch"])
+    with input_size(model, tiling["tile"], tiling["tile"]), score_threshold(model, score):
+        for i in range(0, len(tiles), b):
+            chunk = tiles[i:i + b]
+            for (_, rec), o in zip(chunk, model([to_tensor(img).to(device) for img, _ in chunk])):
+                out.append(rec.with_objects(detections_from_output(o, classes, score)))
+    return out
 
 
 def tile_windows(img: np.ndarray, tiling: Mapping[str, Any]) -> list[tuple[int, int, int, int]]:
@@ -105,7 +138,11 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
     labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
     if len(parts) > 1:
-        boxes, scores, labels = merge_detections(boxes, scores, labels, t["merge"], float(t["merge_iou"]), max_det)
+        boxes, scores, labels = merge_detections(boxes, scores, labels, t["merge"], float(t["merge_iou"]), max_det,
+                                                 float(t.get("nested_ios", 0.0)))
+    elif len(boxes) and float(t.get("nested_ios", 0.0)) > 0:
+        keep = suppress_nested(boxes, scores, labels, float(t["nested_ios"]))
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     return {"boxes": boxes, "scores": scores, "labels": labels}
@@ -113,16 +150,20 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
 
 @torch.inference_mode()
 def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classes: Sequence[str],
-                    device: torch.device, score: float = 0.01, batch: int = 2,
+                    device: torch.device, score: float = 0.001, batch: int = 2,
                     tiling: Mapping[str, Any] | None = None, progress: bool = False) -> list[VocRecord]:
     """Run ``model`` on each record's image; returns the records with predicted objects.
 
     With ``tiling`` (what a lesiondet checkpoint stores) each image goes through
     ``sliced_predict``; without it, whole images are batched as torchvision does.
     """
+    with score_threshold(model, score):
+        return _predict_records(model, list(records), classes, device, score, batch, tiling, progress)
+
+
+def _predict_records(model, records, classes, device, score, batch, tiling, progress) -> list[VocRecord]:
     model.eval()
     out: list[VocRecord] = []
-    records = list(records)
     bar = progress_bar(total=len(records), desc="predict", enabled=progress)
     if tiling is not None:
         # decode the next image while this one is predicted, as detect does
@@ -204,10 +245,11 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_array(self, img: np.ndarray, image_path: str | Path = "image") -> VocRecord:
-        if self.tiling is not None:
-            out = sliced_predict(self.model, img, self.tiling, self.device)
-        else:
-            out = self.model([to_tensor(img).to(self.device)])[0]
+        with score_threshold(self.model, self.score):
+            if self.tiling is not None:
+                out = sliced_predict(self.model, img, self.tiling, self.device)
+            else:
+                out = self.model([to_tensor(img).to(self.device)])[0]
         h, w = img.shape[:2]
         return VocRecord(Path(image_path), w, h, tuple(detections_from_output(out, self.classes, self.score)))
 

@@ -33,7 +33,7 @@ DEFAULT_ARCH: dict[str, Any] = {
     "rpn_post_nms_top_n_test": 1000,
     "rpn_batch_size_per_image": 256,
     "box_batch_size_per_image": 256,
-    "box_score_thresh": 0.01,
+    "box_score_thresh": 0.001,  # low, as in COCO-style evaluation: FROC reads far down the ranking
     "box_nms_thresh": 0.4,
     "box_detections_per_img": 1000,
 }

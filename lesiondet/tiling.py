@@ -38,6 +38,7 @@ DEFAULT_TILING: dict[str, Any] = {
     "full_min_px": 6,      # from that pass (when sliced), keep objects at least this big in its pixels
     "merge": "nms",        # nms | wbf
     "merge_iou": 0.5,
+    "nested_ios": 0.8,     # drop a box lying this much inside a better one of its class (0: keep all)
     "batch": 4,            # tiles per forward pass at inference
     "pos_fraction": 0.6,   # training tiles centred on a lesion
     "full_fraction": 0.15,  # training samples that are the whole image
@@ -65,6 +66,8 @@ def resolve_tiling(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     tpi = out["tiles_per_image"]
     if tpi != "auto" and not (isinstance(tpi, int) and tpi >= 1):
         raise LesiondetError(None, f"tiling.tiles_per_image={tpi!r}", "use auto or a whole number >= 1")
+    if not 0 <= float(out["nested_ios"]) <= 1:
+        raise LesiondetError(None, f"tiling.nested_ios={out['nested_ios']!r}", "use a share between 0 and 1 (0: off)")
     if out["merge"] not in ("nms", "wbf"):
         raise LesiondetError(None, f"tiling.merge={out['merge']!r}", "use nms or wbf")
     if out["slice"] not in ("auto", True, False):
@@ -197,6 +200,25 @@ def sample_window(objects: Sequence[VocObject], width: int, height: int, win: in
     return best[1]
 
 
+def val_windows(objects: Sequence[VocObject], windows: Sequence[tuple[int, int, int, int]], k: int,
+                rng: random.Random, pos_share: float = 0.75) -> list[tuple[int, int, int, int]]:
+    """``k`` of the inference ``windows`` for per-epoch validation: mostly ones holding a lesion.
+
+    A fixed, seeded choice, so every epoch is scored on the same tiles. Lesions
+    are where the metric is decided; the rest are background tiles that catch
+    false positives.
+    """
+    def holds(w: Sequence[int]) -> bool:
+        return any(o.box[0] >= w[0] and o.box[1] >= w[1] and o.box[2] <= w[2] and o.box[3] <= w[3]
+                   for o in objects)
+
+    pos = [w for w in windows if holds(w)]
+    neg = [w for w in windows if not holds(w)]
+    n_pos = min(len(pos), max(k - len(neg), round(k * pos_share)))
+    chosen = rng.sample(pos, n_pos) + rng.sample(neg, min(len(neg), k - n_pos))
+    return sorted(chosen, key=lambda w: (w[1], w[0]))
+
+
 # --------------------------------------------------------------------------- merging
 def _ios(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Intersection over the smaller box, ``[len(a), len(b)]``."""
@@ -244,9 +266,35 @@ def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch
     return torch.stack(out_b)[order], s[order], torch.stack(out_l)[order]
 
 
+def suppress_nested(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, ios: float) -> torch.Tensor:
+    """Indices (best first) left after dropping boxes nested in a better box of their class.
+
+    IoU-based NMS keeps a small box inside a large one (their IoU is small), so
+    a cluster of exudates comes back as the cluster plus its parts, several
+    times over. Like SAHI's IOS match metric, this compares the intersection
+    with the smaller box: above ``ios`` the lower-scoring box goes.
+    """
+    order = scores.argsort(descending=True)
+    keep = []
+    for c in labels[order].unique():
+        idx = order[labels[order] == c]
+        inside = _ios(boxes[idx], boxes[idx]) > ios
+        gone = torch.zeros(len(idx), dtype=torch.bool)
+        for i in range(len(idx)):
+            if not gone[i]:
+                keep.append(idx[i])
+                gone |= inside[i]
+    keep_t = torch.stack(keep) if keep else order[:0]
+    return keep_t[scores[keep_t].argsort(descending=True)]
+
+
 def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, method: str = "nms",
-                     iou: float = 0.5, max_det: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge detections from overlapping tiles and passes, class by class, best first."""
+                     iou: float = 0.5, max_det: int = 1000, nested_ios: float = 0.0
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge detections from overlapping tiles and passes, class by class, best first; ``max_det`` per class.
+
+    ``nested_ios`` > 0 then drops boxes nested in a better one (``suppress_nested``).
+    """
     if len(boxes) == 0:
         return boxes, scores, labels
     if method == "wbf":
@@ -254,7 +302,13 @@ def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Te
     else:
         keep = batched_nms(boxes, scores, labels, iou)
         b, s, lab = boxes[keep], scores[keep], labels[keep]
-    return b[:max_det], s[:max_det], lab[:max_det]
+    # The cap is per class, as COCO's maxDets is: hundreds of exudates must not crowd out the microaneurysms.
+    keep = torch.cat([(lab == c).nonzero().flatten()[:max_det] for c in lab.unique()]).sort().values
+    b, s, lab = b[keep], s[keep], lab[keep]
+    if nested_ios > 0:
+        keep = suppress_nested(b, s, lab, nested_ios)
+        b, s, lab = b[keep], s[keep], lab[keep]
+    return b, s, lab
 
 
 def drop_cut_boxes(boxes: torch.Tensor, window: Sequence[int], width: int, height: int, margin: float = 2.0

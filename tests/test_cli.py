@@ -91,7 +91,7 @@ def test_eval_of_ground_truth_against_itself_is_one(tiny_sample, tmp_path):
 
 def test_eval_and_detect_take_slicing_options(trained_run, tiny_sample, tmp_path):
     gt = str(tiny_sample / "test")
-    for extra in (["--no-slice"], ["--tile", "96", "--overlap", "0.5", "--merge", "wbf"]):
+    for extra in (["--no-slice"], ["--tile", "96", "--overlap", "0.5", "--merge", "wbf", "--nested-ios", "0"]):
         assert main(["eval", "--map", "--voc", gt, "--weights", str(trained_run / "best.pt"), *extra]) == 0
 
 

@@ -323,6 +323,7 @@ def test_an_unreadable_folder_is_one_line(command, tmp_path, capsys, trained_run
     (["train", "--voc", "x", "--lr", "fast"], "'fast' is not a number"),
     (["detect", "a.jpg", "--weights", "w.pt", "--score", "high"], "'high' is not a number"),
     (["detect", "a.jpg", "--weights", "w.pt", "--tile", "-5"], "must be at least 1"),
+    (["detect", "a.jpg", "--weights", "w.pt", "--nested-ios", "2"], "must be between 0 and 1"),
     (["eval", "--map", "--voc", "x", "--pred", "y", "--score", "1.5"], "must be between 0 and 1"),
     (["oct", "train", "--data", "x", "--epochs", "two"], "'two' is not a whole number"),
     (["oct", "predict", "a.png", "--weights", "w.pt", "--topk", "0"], "must be at least 1"),

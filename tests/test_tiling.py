@@ -9,8 +9,8 @@ import torch
 from lesiondet.errors import LesiondetError
 from lesiondet.infer import sliced_predict
 from lesiondet.tiling import (auto_zoom, crop_objects, drop_cut_boxes, merge_detections, resolve_tiling,
-                              sample_window, samples_per_image, should_slice, slice_windows, weighted_box_fusion,
-                              window_size)
+                              sample_window, samples_per_image, should_slice, slice_windows, suppress_nested, val_windows,
+                              weighted_box_fusion, window_size)
 from lesiondet.voc import VocObject, VocRecord
 
 
@@ -91,6 +91,44 @@ def test_nms_merge_keeps_one_box_per_lesion_seen_by_two_tiles():
     assert len(b) == 3
 
 
+def test_merge_caps_detections_per_class_so_a_common_class_cannot_crowd_out_a_rare_one():
+    ex = torch.tensor([[float(10 * i), 0, 10 * i + 8, 8] for i in range(20)])
+    ma = torch.tensor([[0.0, 50, 6, 56]])
+    boxes, scores = torch.cat([ex, ma]), torch.cat([torch.linspace(0.9, 0.5, 20), torch.tensor([0.01])])
+    labels = torch.tensor([3] * 20 + [1])
+    b, s, lab = merge_detections(boxes, scores, labels, "nms", 0.5, max_det=5)
+    assert lab.tolist().count(3) == 5 and lab.tolist().count(1) == 1
+    assert s.tolist() == sorted(s.tolist(), reverse=True)
+
+
+def test_boxes_nested_in_a_better_box_of_their_class_are_dropped():
+    # a cluster box, two parts inside it, a part of another class, and a neighbour that only touches it
+    boxes = torch.tensor([[0.0, 0, 100, 100], [10, 10, 30, 30], [50, 50, 70, 70], [10, 10, 30, 30],
+                          [95, 0, 140, 40]])
+    scores = torch.tensor([0.9, 0.8, 0.95, 0.7, 0.6])
+    labels = torch.tensor([3, 3, 3, 1, 3])
+    keep = suppress_nested(boxes, scores, labels, 0.8)
+    # the best box (a part) removes the cluster box containing it; the other part survives
+    assert keep.tolist() == [2, 1, 3, 4]
+    b, s, lab = merge_detections(boxes, scores, labels, "nms", 0.5, nested_ios=0.8)
+    assert len(b) == 4 and s.tolist() == sorted(s.tolist(), reverse=True)
+    assert len(merge_detections(boxes, scores, labels, "nms", 0.5, nested_ios=0.0)[0]) == 5
+
+
+def test_validation_windows_are_fixed_and_mostly_hold_a_lesion():
+    windows = slice_windows(4000, 3000, 500, 0.2)
+    objs = [VocObject("MA", (x, y, x + 12, y + 12)) for x, y in [(100, 100), (2000, 1500), (3600, 2700)]]
+    pick = val_windows(objs, windows, 8, random.Random(0))
+    assert pick == val_windows(objs, windows, 8, random.Random(0)) and len(pick) == 8
+    holding = [w for w in pick if any(w[0] <= o.box[0] and o.box[2] <= w[2] and w[1] <= o.box[1]
+                                      and o.box[3] <= w[3] for o in objs)]
+    # every window that holds a lesion is taken (fewer than 75% of 8 exist), the rest is background
+    assert len(holding) == len([w for w in windows if any(w[0] <= o.box[0] and o.box[2] <= w[2] and w[1] <= o.box[1]
+                                                          and o.box[3] <= w[3] for o in objs)])
+    assert len(val_windows([], windows, 8, random.Random(0))) == 8
+    assert len(val_windows(objs, windows[:3], 8, random.Random(0))) == 3
+
+
 def test_weighted_box_fusion_averages_coordinates_by_score():
     boxes = torch.tensor([[10.0, 10, 20, 20], [12.0, 10, 22, 20]])
     b, s, lab = weighted_box_fusion(boxes, torch.tensor([0.75, 0.25]), torch.tensor([3, 3]), 0.5)
@@ -112,6 +150,7 @@ class BrightSpotModel:
 
     def __init__(self):
         self.transform = SimpleNamespace(min_size=(512,), max_size=512)
+        self.roi_heads = SimpleNamespace(score_thresh=0.01)
         self.calls = []
 
     def eval(self):
@@ -201,3 +240,35 @@ def test_whole_image_samples_are_shrunk_to_the_tile_with_their_boxes(tmp_path):
     x, target = TileDataset([rec], LabelMap(("OD",)), t)[0]
     assert tuple(x.shape) == (3, 200, 300)
     assert target["boxes"].tolist() == [pytest.approx([120.0, 60.0, 180.0, 120.0])]
+
+
+def test_per_epoch_validation_scores_small_images_whole_and_large_ones_on_fixed_tiles(tmp_path):
+    import cv2
+
+    from lesiondet.train import FitnessSet
+
+    big = np.full((1000, 1500, 3), 90, np.uint8)
+    small = np.full((240, 300, 3), 90, np.uint8)
+    spots = [(300, 300), (1100, 700)]
+    for x, y in spots:
+        big[y:y + 10, x:x + 10] = 255
+    small[100:110, 200:210] = 255
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    cv2.imwrite(str(tmp_path / "small.png"), small)
+    recs = [VocRecord(tmp_path / "big.png", 1500, 1000, tuple(VocObject("MA", (x, y, x + 10.0, y + 10.0))
+                                                             for x, y in spots)),
+            VocRecord(tmp_path / "small.png", 300, 240, (VocObject("MA", (200.0, 100, 210, 110)),))]
+    t = resolve_tiling({"tile": 256, "zoom": 1, "fov_min": 0.0, "full_pass": False})
+    fs = FitnessSet(recs, t, max_images=50, max_tiles=6)
+    assert [r.stem for r in fs.whole] == ["small"]
+    assert len(fs.tiles) == 6 and fs.describe() == "1 images + 6 tiles of sliced images"
+    for crop, rec in fs.tiles:
+        assert crop.shape == (256, 256, 3) and (rec.width, rec.height) == (256, 256)
+        for o in rec.objects:  # boxes are in tile coordinates, on the white square
+            x0, y0, x1, y1 = map(round, o.box)
+            assert crop[y0:y1, x0:x1].min() == 255
+    assert sum(bool(rec.objects) for _, rec in fs.tiles) >= 2
+    m = fs.evaluate(BrightSpotModel(), ["MA"], torch.device("cpu"), 0.001, t)
+    assert m["per_class"]["MA"]["AP50"] > 0.9 and m["n_images"] == 7
+    # val_max_tiles 0: sliced images are scored whole, as 'lesiondet eval' does
+    assert len(FitnessSet(recs, t, 50, 0).whole) == 2
