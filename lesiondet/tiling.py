@@ -38,7 +38,7 @@ DEFAULT_TILING: dict[str, Any] = {
     "full_min_px": 6,      # from that pass (when sliced), keep objects at least this big in its pixels
     "merge": "nms",        # nms | wbf
     "merge_iou": 0.5,
-    "nested_ios": 0.8,     # drop a box lying this much inside a better one of its class (0: keep all)
+    "nested_ios": 0.8,     # drop a box lying this share inside a better-scoring one of its class (0: keep all)
     "batch": 4,            # tiles per forward pass at inference
     "pos_fraction": 0.6,   # training tiles centred on a lesion
     "full_fraction": 0.15,  # training samples that are the whole image
@@ -220,16 +220,6 @@ def val_windows(objects: Sequence[VocObject], windows: Sequence[tuple[int, int, 
 
 
 # --------------------------------------------------------------------------- merging
-def _ios(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Intersection over the smaller box, ``[len(a), len(b)]``."""
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(1)
-    return inter / torch.min(area_a[:, None], area_b[None, :]).clamp(min=1e-6)
-
-
 def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted box fusion (Solovyev et al. 2021), per class.
@@ -266,24 +256,34 @@ def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch
     return torch.stack(out_b)[order], s[order], torch.stack(out_l)[order]
 
 
-def suppress_nested(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, ios: float) -> torch.Tensor:
-    """Indices (best first) left after dropping boxes nested in a better box of their class.
+def _inside_share(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[i, j]``: the share of box ``b[j]`` that lies inside box ``a[i]``."""
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(2)
+    return inter / (b[:, 2:] - b[:, :2]).prod(1).clamp(min=1e-6)[None, :]
+
+
+def suppress_nested(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, share: float) -> torch.Tensor:
+    """Indices (best first) left after dropping boxes that lie inside a better box of their class.
 
     IoU-based NMS keeps a small box inside a large one (their IoU is small), so
     a cluster of exudates comes back as the cluster plus its parts, several
-    times over. Like SAHI's IOS match metric, this compares the intersection
-    with the smaller box: above ``ios`` the lower-scoring box goes.
+    times over. Like SAHI's IOS match metric this looks at the intersection
+    over the smaller box, but only the box inside goes, and only when it scores
+    lower: a small, confident box never removes the larger box around it (an
+    optic disc seen whole in the downscaled pass stays when a tile finds a piece).
     """
     order = scores.argsort(descending=True)
     keep = []
     for c in labels[order].unique():
         idx = order[labels[order] == c]
-        inside = _ios(boxes[idx], boxes[idx]) > ios
+        inside = _inside_share(boxes[idx], boxes[idx]) > share  # [i, j]: j lies inside i
         gone = torch.zeros(len(idx), dtype=torch.bool)
         for i in range(len(idx)):
             if not gone[i]:
                 keep.append(idx[i])
-                gone |= inside[i]
+                gone[i + 1:] |= inside[i, i + 1:]
     keep_t = torch.stack(keep) if keep else order[:0]
     return keep_t[scores[keep_t].argsort(descending=True)]
 

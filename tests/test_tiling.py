@@ -101,15 +101,15 @@ def test_merge_caps_detections_per_class_so_a_common_class_cannot_crowd_out_a_ra
     assert s.tolist() == sorted(s.tolist(), reverse=True)
 
 
-def test_boxes_nested_in_a_better_box_of_their_class_are_dropped():
+def test_boxes_inside_a_better_box_of_their_class_are_dropped_but_never_the_box_around_them():
     # a cluster box, two parts inside it, a part of another class, and a neighbour that only touches it
     boxes = torch.tensor([[0.0, 0, 100, 100], [10, 10, 30, 30], [50, 50, 70, 70], [10, 10, 30, 30],
                           [95, 0, 140, 40]])
     scores = torch.tensor([0.9, 0.8, 0.95, 0.7, 0.6])
     labels = torch.tensor([3, 3, 3, 1, 3])
     keep = suppress_nested(boxes, scores, labels, 0.8)
-    # the best box (a part) removes the cluster box containing it; the other part survives
-    assert keep.tolist() == [2, 1, 3, 4]
+    # part 2 outscores the cluster and stays, and so does the cluster; part 1 scores lower and goes
+    assert keep.tolist() == [2, 0, 3, 4]
     b, s, lab = merge_detections(boxes, scores, labels, "nms", 0.5, nested_ios=0.8)
     assert len(b) == 4 and s.tolist() == sorted(s.tolist(), reverse=True)
     assert len(merge_detections(boxes, scores, labels, "nms", 0.5, nested_ios=0.0)[0]) == 5
