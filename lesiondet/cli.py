@@ -63,7 +63,6 @@ def _fraction(s: str) -> float:
 
 _score = _number_in(0.0, 1.0, hi_included=True)
 _overlap = _number_in(0.0, 0.9, hi_included=False)
-_share = _score
 
 
 # --------------------------------------------------------------------------- train
@@ -471,7 +470,7 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile", type=_positive_int, help="tile side in model pixels")
     g.add_argument("--overlap", type=_overlap, help="share of a tile that neighbours overlap (0-0.9)")
     g.add_argument("--merge", choices=("nms", "wbf"), help="merge tiles by class-wise NMS or weighted box fusion")
-    g.add_argument("--nested-ios", type=_share, metavar="S",
+    g.add_argument("--nested-ios", type=_score, metavar="S",
                    help="drop a box lying this share inside a better one of its class (default 0.8; 0: keep all)")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
 

@@ -17,7 +17,7 @@ from .images import read_rgb
 from .model import detector_from_checkpoint, load_checkpoint
 from .progress import progress as progress_bar
 from .tiling import (big_enough, drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling,
-                     should_slice, slice_windows, suppress_nested, window_size)
+                     should_slice, slice_windows, window_size)
 from .voc import VocObject, VocRecord
 
 
@@ -137,12 +137,11 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 4)
     scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
     labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
-    if len(parts) > 1:
+    if parts:
+        # A single pass comes out of torchvision's own NMS (IoU 0.4), so merging it changes nothing
+        # but the nested-box suppression: one path for one pass and for many.
         boxes, scores, labels = merge_detections(boxes, scores, labels, t["merge"], float(t["merge_iou"]), max_det,
                                                  float(t.get("nested_ios", 0.0)))
-    elif len(boxes) and float(t.get("nested_ios", 0.0)) > 0:
-        keep = suppress_nested(boxes, scores, labels, float(t["nested_ios"]))
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     return {"boxes": boxes, "scores": scores, "labels": labels}
@@ -157,31 +156,25 @@ def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classe
     With ``tiling`` (what a lesiondet checkpoint stores) each image goes through
     ``sliced_predict``; without it, whole images are batched as torchvision does.
     """
-    with score_threshold(model, score):
-        return _predict_records(model, list(records), classes, device, score, batch, tiling, progress)
-
-
-def _predict_records(model, records, classes, device, score, batch, tiling, progress) -> list[VocRecord]:
     model.eval()
+    records = list(records)
     out: list[VocRecord] = []
-    bar = progress_bar(total=len(records), desc="predict", enabled=progress)
-    if tiling is not None:
-        # decode the next image while this one is predicted, as detect does
-        for r, (_, img) in zip(records, read_ahead(r.image_path for r in records)):
-            if isinstance(img, LesiondetError):
-                raise img
-            o = sliced_predict(model, img, tiling, device)
-            out.append(r.with_objects(detections_from_output(o, classes, score)))
-            bar.update()
-        bar.close()
-        return out
-    for i in range(0, len(records), batch):
-        chunk = records[i:i + batch]
-        imgs = [to_tensor(read_rgb(r.image_path)).to(device) for r in chunk]
-        for r, o in zip(chunk, model(imgs)):
-            out.append(r.with_objects(detections_from_output(o, classes, score)))
-        bar.update(len(chunk))
-    bar.close()
+    with score_threshold(model, score), progress_bar(total=len(records), desc="predict", enabled=progress) as bar:
+        if tiling is not None:
+            # decode the next image while this one is predicted, as detect does
+            for r, (_, img) in zip(records, read_ahead(r.image_path for r in records)):
+                if isinstance(img, LesiondetError):
+                    raise img
+                o = sliced_predict(model, img, tiling, device)
+                out.append(r.with_objects(detections_from_output(o, classes, score)))
+                bar.update()
+            return out
+        for i in range(0, len(records), batch):
+            chunk = records[i:i + batch]
+            imgs = [to_tensor(read_rgb(r.image_path)).to(device) for r in chunk]
+            for r, o in zip(chunk, model(imgs)):
+                out.append(r.with_objects(detections_from_output(o, classes, score)))
+            bar.update(len(chunk))
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
@@ -149,11 +150,13 @@ def fov_share(mask: np.ndarray, scale: float, window: Sequence[int]) -> float:
     return float(sub.mean()) if sub.size else 0.0
 
 
-def crop_objects(objects: Sequence[VocObject], window: Sequence[int], min_visibility: float
-                 ) -> tuple[np.ndarray, list[str]]:
-    """Boxes of ``objects`` in window coordinates, clipped; cut boxes kept if enough is visible."""
+def objects_in(objects: Sequence[VocObject], window: Sequence[int], min_visibility: float) -> list[VocObject]:
+    """``objects`` in window coordinates, clipped; a cut box is kept if ``min_visibility`` of it is inside.
+
+    ``min_visibility=1`` keeps only the objects lying wholly inside the window.
+    """
     x0, y0, x1, y1 = window
-    boxes, labels = [], []
+    out = []
     for o in objects:
         bx0, by0, bx1, by1 = o.box
         cx0, cy0, cx1, cy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
@@ -161,9 +164,15 @@ def crop_objects(objects: Sequence[VocObject], window: Sequence[int], min_visibi
             continue
         if (cx1 - cx0) * (cy1 - cy0) < min_visibility * max(o.area, 1e-6):
             continue
-        boxes.append((cx0 - x0, cy0 - y0, cx1 - x0, cy1 - y0))
-        labels.append(o.label)
-    return np.array(boxes, np.float32).reshape(-1, 4), labels
+        out.append(replace(o, box=(cx0 - x0, cy0 - y0, cx1 - x0, cy1 - y0)))
+    return out
+
+
+def crop_objects(objects: Sequence[VocObject], window: Sequence[int], min_visibility: float
+                 ) -> tuple[np.ndarray, list[str]]:
+    """``objects_in`` as the arrays a training target needs: boxes and labels."""
+    kept = objects_in(objects, window, min_visibility)
+    return np.array([o.box for o in kept], np.float32).reshape(-1, 4), [o.label for o in kept]
 
 
 def sample_window(objects: Sequence[VocObject], width: int, height: int, win: int, mode: str,
@@ -208,12 +217,8 @@ def val_windows(objects: Sequence[VocObject], windows: Sequence[tuple[int, int, 
     are where the metric is decided; the rest are background tiles that catch
     false positives.
     """
-    def holds(w: Sequence[int]) -> bool:
-        return any(o.box[0] >= w[0] and o.box[1] >= w[1] and o.box[2] <= w[2] and o.box[3] <= w[3]
-                   for o in objects)
-
-    pos = [w for w in windows if holds(w)]
-    neg = [w for w in windows if not holds(w)]
+    pos = [w for w in windows if objects_in(objects, w, 1.0)]
+    neg = [w for w in windows if not objects_in(objects, w, 1.0)]
     n_pos = min(len(pos), max(k - len(neg), round(k * pos_share)))
     chosen = rng.sample(pos, n_pos) + rng.sample(neg, min(len(neg), k - n_pos))
     return sorted(chosen, key=lambda w: (w[1], w[0]))

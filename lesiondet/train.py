@@ -30,8 +30,8 @@ from .labels import LabelMap
 from .model import CHECKPOINT_FORMAT, build_detector, resolve_arch
 from .progress import progress
 from .report import plot_curves, plot_pr_curves, write_metrics_csv
-from .tiling import auto_zoom, crop_objects, resolve_tiling, should_slice, val_windows
-from .voc import VocObject, VocRecord
+from .tiling import auto_zoom, objects_in, resolve_tiling, should_slice, val_windows
+from .voc import VocRecord
 
 
 def fitness(metrics: dict) -> float:
@@ -101,9 +101,11 @@ class FitnessSet:
 
     def __init__(self, records: Sequence[VocRecord], tiling: Mapping[str, Any] | None, max_images: int,
                  max_tiles: int, seed: int = 0) -> None:
-        records = val_subset(records, max_images)
-        sliced = [r for r in records if tiling is not None and max_tiles > 0 and should_slice(r.width, r.height, tiling)]
-        self.whole = [r for r in records if r not in sliced]
+        self.whole: list[VocRecord] = []
+        sliced: list[VocRecord] = []
+        for r in val_subset(records, max_images):
+            tiled = tiling is not None and max_tiles > 0 and should_slice(r.width, r.height, tiling)
+            (sliced if tiled else self.whole).append(r)
         sliced = val_subset(sliced, max_tiles)  # at least one tile per image, so no more images than tiles
         self.tiles: list[tuple[np.ndarray, VocRecord]] = []
         rng = random.Random(seed)
@@ -111,8 +113,7 @@ class FitnessSet:
         for r in sliced:
             img = read_rgb(r.image_path)
             for x0, y0, x1, y1 in val_windows(r.objects, tile_windows(img, tiling), per_image, rng):
-                objs = [VocObject(o.label, tuple(map(float, b)), o.difficult)
-                        for o in r.objects for b in crop_objects([o], (x0, y0, x1, y1), 0.5)[0]]
+                objs = objects_in(r.objects, (x0, y0, x1, y1), 0.5)
                 crop = VocRecord(Path(f"{r.stem}@{x0}_{y0}{r.image_path.suffix}"), x1 - x0, y1 - y0, tuple(objs))
                 self.tiles.append((np.ascontiguousarray(img[y0:y1, x0:x1]), crop))
 

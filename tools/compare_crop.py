@@ -23,13 +23,14 @@ from lesiondet.evaluate import _hits  # noqa: E402
 from lesiondet.images import read_rgb  # noqa: E402
 from lesiondet.labels import load_label_map  # noqa: E402
 from lesiondet.report import draw, write_png  # noqa: E402
+from lesiondet.tiling import objects_in  # noqa: E402
 from lesiondet.voc import VocRecord, parse_voc  # noqa: E402
 
 
 def inside(rec: VocRecord, win: tuple[int, int, int, int], classes: set[str] | None = None) -> list:
+    """The objects lying wholly inside the ``(x, y, w, h)`` window, in its coordinates."""
     x, y, w, h = win
-    return [o for o in rec.objects if (classes is None or o.label in classes)
-            and o.box[0] >= x and o.box[1] >= y and o.box[2] <= x + w and o.box[3] <= y + h]
+    return [o for o in objects_in(rec.objects, (x, y, x + w, y + h), 1.0) if classes is None or o.label in classes]
 
 
 def busiest_window(gt: VocRecord, classes: set[str], size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -56,9 +57,9 @@ def main() -> None:
     win = tuple(int(v) for v in a.window.split(",")) if a.window else busiest_window(gt, classes, (900, 600))
     x, y, w, h = win
     img = read_rgb(a.image)
-    left, right = draw(img, pred.with_objects(inside(pred, win))), draw(img, gt.with_objects(inside(gt, win)))
-    gap = np.full((h, 8, 3), 255, np.uint8)
-    write_png(a.out, np.concatenate([left[y:y + h, x:x + w], gap, right[y:y + h, x:x + w]], axis=1))
+    crop, t = img[y:y + h, x:x + w], max(1, round(max(img.shape[:2]) / 800))  # detect's line width
+    left, right = draw(crop, pred.with_objects(inside(pred, win)), t), draw(crop, gt.with_objects(inside(gt, win)), t)
+    write_png(a.out, np.concatenate([left, np.full((h, 8, 3), 255, np.uint8), right], axis=1))
     print(f"window x={x} y={y} w={w} h={h}; left: detections, right: ground truth -> {a.out}")
     for c in lm.classes:
         g = np.array([o.box for o in inside(gt, win, {c})]).reshape(-1, 4)
