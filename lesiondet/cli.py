@@ -462,7 +462,7 @@ def cmd_oct_eval(a: argparse.Namespace) -> int:
 def _tiling_overrides(a: argparse.Namespace) -> dict:
     """Slicing options given on the command line (None: keep what the checkpoint says)."""
     return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "nested_ios": a.nested_ios,
-            "slice": False if a.no_slice else None}
+            "slice": False if a.no_slice else None, "tta": True if a.tta else None}
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
@@ -473,6 +473,8 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nested-ios", type=_score, metavar="S",
                    help="drop a box lying this share inside a better one of its class (default 0.8; 0: keep all)")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
+    g.add_argument("--tta", action="store_true",
+                   help="also predict on the mirrored image and merge the two (twice the time)")
 
 
 def _say(msg: str) -> None:

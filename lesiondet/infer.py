@@ -75,6 +75,24 @@ def predict_tiles(model: torch.nn.Module, tiles: Sequence[tuple[np.ndarray, VocR
     return out
 
 
+def forward(model: torch.nn.Module, images: Sequence[torch.Tensor], flip: bool = False) -> list[dict]:
+    """``model(images)``; with ``flip``, each image's detections on its mirror image are added, mapped back.
+
+    Both sets then go through the class-wise merge with everything else, so a
+    lesion missed in one orientation can still be found in the other.
+    """
+    outs = model(list(images))
+    if not flip:
+        return outs
+    for o, m, im in zip(outs, model([im.flip(-1) for im in images]), images):
+        w = im.shape[-1]
+        back = torch.stack([w - m["boxes"][:, 2], m["boxes"][:, 1], w - m["boxes"][:, 0], m["boxes"][:, 3]], 1)
+        o["boxes"] = torch.cat([o["boxes"], back])
+        o["scores"] = torch.cat([o["scores"], m["scores"]])
+        o["labels"] = torch.cat([o["labels"], m["labels"]])
+    return outs
+
+
 def tile_windows(img: np.ndarray, tiling: Mapping[str, Any]) -> list[tuple[int, int, int, int]]:
     """The ``(x0, y0, x1, y1)`` tiles sliced inference runs on ``img``: those with enough field of view."""
     h, w = img.shape[:2]
@@ -89,7 +107,7 @@ def _tile_passes(model, img, t, device, add) -> None:
     full = to_tensor(img)
     for i in range(0, len(windows), int(t["batch"])):
         chunk = windows[i:i + int(t["batch"])]
-        outs = model([full[:, y0:y1, x0:x1].to(device) for x0, y0, x1, y1 in chunk])
+        outs = forward(model, [full[:, y0:y1, x0:x1].to(device) for x0, y0, x1, y1 in chunk], t["tta"])
         for (x0, y0, x1, y1), o in zip(chunk, outs):
             keep = drop_cut_boxes(o["boxes"].cpu(), (x0, y0, x1, y1), w, h) if t["full_pass"] else None
             add(o, 1.0, x0, y0, keep)
@@ -103,9 +121,9 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     Sliced: overlapping tiles of ``tile / zoom`` source pixels, batched, plus a
     whole-image pass shrunk to the tile for large objects; pieces of objects cut
     by a tile edge are dropped when the whole-image pass is on, then everything
-    is merged per class. Not sliced: one pass, either the whole image shrunk to
-    the tile (``slice: auto``, as in training) or at native size times zoom
-    (``slice: false``).
+    (with ``tta``, the mirrored passes too) is merged per class. Not sliced:
+    one pass, either the whole image shrunk to the tile (``slice: auto``, as in
+    training) or at native size times zoom (``slice: false``).
     """
     model.eval()
     h, w = img.shape[:2]
@@ -123,14 +141,14 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     if t["slice"] is False:
         z = float(t["zoom"])
         with input_size(model, round(min(h, w) * z), round(max(h, w) * z)):
-            add(model([to_tensor(img).to(device)])[0])
+            add(forward(model, [to_tensor(img).to(device)], t["tta"])[0])
     else:
         with input_size(model, t["tile"], t["tile"]):  # a --tile override must reach the model too
             if sliced:
                 _tile_passes(model, img, t, device, add)
             if t["full_pass"] or not sliced:
                 small, s = fit_to(img, t["tile"])
-                o = model([to_tensor(small).to(device)])[0]
+                o = forward(model, [to_tensor(small).to(device)], t["tta"])[0]
                 # When sliced, small objects are the tiles' job; in this view they are a few blurred pixels.
                 keep = torch.from_numpy(big_enough(o["boxes"].cpu().numpy(), t["full_min_px"])) if sliced else None
                 add(o, s, keep=keep)

@@ -41,6 +41,7 @@ DEFAULT_TILING: dict[str, Any] = {
     "merge_iou": 0.5,
     "nested_ios": 0.8,     # drop a box lying this share inside a better-scoring one of its class (0: keep all)
     "batch": 4,            # tiles per forward pass at inference
+    "tta": False,          # also predict on the mirrored image and merge (flip test-time augmentation)
     "pos_fraction": 0.6,   # training tiles centred on a lesion
     "full_fraction": 0.15,  # training samples that are the whole image
     "tiles_per_image": "auto",  # training samples per image per epoch; auto: half the tiles it slices into
@@ -73,6 +74,8 @@ def resolve_tiling(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise LesiondetError(None, f"tiling.merge={out['merge']!r}", "use nms or wbf")
     if out["slice"] not in ("auto", True, False):
         raise LesiondetError(None, f"tiling.slice={out['slice']!r}", "use auto, true or false")
+    if not isinstance(out["tta"], bool):
+        raise LesiondetError(None, f"tiling.tta={out['tta']!r}", "use true or false")
     return out
 
 

@@ -67,7 +67,8 @@ def test_auto_zoom_brings_small_lesions_to_the_target_and_never_shrinks():
 
 
 def test_bad_tiling_options_are_one_line_errors():
-    for bad in ({"tile": 10}, {"overlap": 0.95}, {"merge": "vote"}, {"tyle": 512}, {"tiles_per_image": 0}):
+    for bad in ({"tile": 10}, {"overlap": 0.95}, {"merge": "vote"}, {"tyle": 512}, {"tiles_per_image": 0},
+                {"tta": "yes"}):
         with pytest.raises(LesiondetError):
             resolve_tiling(bad)
 
@@ -188,6 +189,38 @@ def test_whole_image_pass_finds_large_objects_at_source_scale():
     big = [b for b in out["boxes"].tolist() if b[2] - b[0] > 500]
     assert len(big) == 1 and big[0] == pytest.approx([300, 100, 900, 700], abs=4)
     assert len(out["boxes"]) == 1  # pieces from the tiles were dropped
+
+
+class LeftHalfModel(BrightSpotModel):
+    """Sees bright spots only in the left half of its input: not mirror-symmetric, as real detectors are not."""
+
+    def __call__(self, images):
+        blind = []
+        for im in images:
+            im = im.clone()
+            im[:, :, im.shape[-1] // 2:] = 0
+            blind.append(im)
+        return super().__call__(blind)
+
+
+@pytest.mark.parametrize("sliced", [True, False])
+def test_flip_tta_finds_what_only_the_mirror_image_shows_at_the_right_place(sliced):
+    img = np.full((1000, 1000, 3), 100, np.uint8)
+    img[300:310, 800:812] = 255  # right half: the plain pass cannot see it
+    t = {"tile": 512, "zoom": 1, "fov_min": 0.0, "full_pass": False, "slice": True if sliced else False}
+    assert len(sliced_predict(LeftHalfModel(), img, resolve_tiling(t), torch.device("cpu"))["boxes"]) == 0
+    model = LeftHalfModel()
+    out = sliced_predict(model, img, resolve_tiling({**t, "tta": True}), torch.device("cpu"))
+    assert out["boxes"].tolist() == [[800.0, 300.0, 812.0, 310.0]]
+    assert len(model.calls) == 2 * (len(slice_windows(1000, 1000, 512, 0.2)) if sliced else 1)
+
+
+def test_flip_tta_merges_the_two_views_of_a_lesion_into_one_box():
+    img = np.full((1200, 1800, 3), 100, np.uint8)
+    img[700:712, 1300:1312] = 255
+    t = resolve_tiling({"tile": 512, "zoom": 1, "fov_min": 0.0, "tta": True})
+    out = sliced_predict(BrightSpotModel(), img, t, torch.device("cpu"))
+    assert out["boxes"].tolist() == [[1300.0, 700.0, 1312.0, 712.0]]
 
 
 def test_zoom_feeds_smaller_windows_and_maps_back():
