@@ -70,7 +70,10 @@ def predict_tiles(model: torch.nn.Module, tiles: Sequence[tuple[np.ndarray, VocR
     with input_size(model, tiling["tile"], tiling["tile"]), score_threshold(model, score):
         for i in range(0, len(tiles), b):
             chunk = tiles[i:i + b]
-            for (_, rec), o in zip(chunk, model([to_tensor(img).to(device) for img, _ in chunk])):
+            for (_, rec), o in zip(chunk, forward(model, [to_tensor(img).to(device) for img, _ in chunk],
+                                                  tiling["tta"])):
+                if tiling["tta"]:  # the two views of a tile overlap entirely: merge them as a sliced image would be
+                    o = merge_passes(o["boxes"], o["scores"], o["labels"], tiling)
                 out.append(rec.with_objects(detections_from_output(o, classes, score)))
     return out
 
@@ -91,6 +94,14 @@ def forward(model: torch.nn.Module, images: Sequence[torch.Tensor], flip: bool =
         o["scores"] = torch.cat([o["scores"], m["scores"]])
         o["labels"] = torch.cat([o["labels"], m["labels"]])
     return outs
+
+
+def merge_passes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, tiling: Mapping[str, Any],
+                 max_det: int = 1000) -> dict[str, torch.Tensor]:
+    """Detections from several passes over one image merged per class the way ``tiling`` says."""
+    b, s, lab = merge_detections(boxes, scores, labels, tiling["merge"], float(tiling["merge_iou"]), max_det,
+                                 float(tiling.get("nested_ios", 0.0)))
+    return {"boxes": b, "scores": s, "labels": lab}
 
 
 def tile_windows(img: np.ndarray, tiling: Mapping[str, Any]) -> list[tuple[int, int, int, int]]:
@@ -158,8 +169,8 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     if parts:
         # A single pass comes out of torchvision's own NMS (IoU 0.4), so merging it changes nothing
         # but the nested-box suppression: one path for one pass and for many.
-        boxes, scores, labels = merge_detections(boxes, scores, labels, t["merge"], float(t["merge_iou"]), max_det,
-                                                 float(t.get("nested_ios", 0.0)))
+        m = merge_passes(boxes, scores, labels, t, max_det)
+        boxes, scores, labels = m["boxes"], m["scores"], m["labels"]
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     return {"boxes": boxes, "scores": scores, "labels": labels}

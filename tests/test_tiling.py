@@ -1,5 +1,6 @@
 """Slicing: windows, training tiles, sliced inference coordinates, merging across tiles."""
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from lesiondet.errors import LesiondetError
-from lesiondet.infer import sliced_predict
+from lesiondet.infer import predict_tiles, sliced_predict
 from lesiondet.tiling import (auto_zoom, crop_objects, drop_cut_boxes, merge_detections, resolve_tiling,
                               sample_window, samples_per_image, should_slice, slice_windows, suppress_nested, val_windows,
                               weighted_box_fusion, window_size)
@@ -207,7 +208,7 @@ class LeftHalfModel(BrightSpotModel):
 def test_flip_tta_finds_what_only_the_mirror_image_shows_at_the_right_place(sliced):
     img = np.full((1000, 1000, 3), 100, np.uint8)
     img[300:310, 800:812] = 255  # right half: the plain pass cannot see it
-    t = {"tile": 512, "zoom": 1, "fov_min": 0.0, "full_pass": False, "slice": True if sliced else False}
+    t = {"tile": 512, "zoom": 1, "fov_min": 0.0, "full_pass": False, "slice": sliced}
     assert len(sliced_predict(LeftHalfModel(), img, resolve_tiling(t), torch.device("cpu"))["boxes"]) == 0
     model = LeftHalfModel()
     out = sliced_predict(model, img, resolve_tiling({**t, "tta": True}), torch.device("cpu"))
@@ -221,6 +222,18 @@ def test_flip_tta_merges_the_two_views_of_a_lesion_into_one_box():
     t = resolve_tiling({"tile": 512, "zoom": 1, "fov_min": 0.0, "tta": True})
     out = sliced_predict(BrightSpotModel(), img, t, torch.device("cpu"))
     assert out["boxes"].tolist() == [[1300.0, 700.0, 1312.0, 712.0]]
+
+
+def test_per_epoch_validation_tiles_honour_flip_tta_with_one_box_per_lesion():
+    tile = np.full((512, 512, 3), 100, np.uint8)
+    tile[300:310, 400:412] = 255  # right half
+    tiles = [(tile, VocRecord(Path("t.png"), 512, 512, ()))]
+    t = resolve_tiling({"tile": 512, "tta": True})
+    cpu = torch.device("cpu")
+    # only the mirror view shows it to a left-half detector; a symmetric one sees it twice, kept once
+    for model in (LeftHalfModel(), BrightSpotModel()):
+        out = predict_tiles(model, tiles, ["MA"], cpu, 0.01, t)
+        assert [o.box for o in out[0].objects] == [(400.0, 300.0, 412.0, 310.0)]
 
 
 def test_zoom_feeds_smaller_windows_and_maps_back():
