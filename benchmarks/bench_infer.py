@@ -7,7 +7,7 @@ One run, one model, one thread count, the same image files for every row:
 
 1. **raw**: ``model([tensor])`` on tensors decoded beforehand, at the image's native size
    (the transform's min/max size set to the image), one image per call.
-2. **pipeline**: ``lesiondet.detect.detect_files`` on the same files with slicing off (the same
+2. **pipeline**: ``lesiondet.detection.detect.detect_files`` on the same files with slicing off (the same
    model call): decode, preprocessing, detections, annotated PNG, JSON and XML written.
    Target: pipeline <= 1.05 x raw + decode, where decode is the time to decode the files
    one after another. Also run with decoding in line (``read_ahead=0``) to show the overlap,
@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lesiondet.data import fit_to, to_tensor  # noqa: E402
-from lesiondet.detect import detect_files  # noqa: E402
+from lesiondet.detection.data import fit_to, to_tensor  # noqa: E402
+from lesiondet.detection.detect import detect_files  # noqa: E402
 from lesiondet.images import read_rgb  # noqa: E402
-from lesiondet.infer import Predictor, input_size, sliced_predict, tile_windows  # noqa: E402
-from lesiondet.voc import IMAGE_SUFFIXES  # noqa: E402
+from lesiondet.detection.predict import Predictor, input_size, sliced_predict, tile_windows  # noqa: E402
+from lesiondet.io.voc import IMAGE_SUFFIXES  # noqa: E402
 
 
 def default_images() -> Path:
@@ -50,9 +50,9 @@ def default_images() -> Path:
 
 def fresh_checkpoint(path: Path, tile: int) -> Path:
     """The default detector (ImageNet backbone, untrained heads) saved as a lesiondet checkpoint."""
-    from lesiondet.labels import default_label_map
-    from lesiondet.model import CHECKPOINT_FORMAT, build_detector, resolve_arch
-    from lesiondet.tiling import resolve_tiling
+    from lesiondet.io.labels import default_label_map
+    from lesiondet.detection.model import CHECKPOINT_FORMAT, build_detector, resolve_arch
+    from lesiondet.detection.slicing import resolve_tiling
 
     lm = default_label_map()
     arch = resolve_arch({"min_size": tile, "max_size": tile})

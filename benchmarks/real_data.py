@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_split(dataset: str, out: Path) -> tuple[Path, Path, Path]:
     """Symlinked train/ and val/ labelImg folders for the developer split; returns them and the dataset YAML."""
     sys.path.insert(0, str(ROOT))
-    from lesiondet.data import split_records
-    from lesiondet.datasets import parse_source
-    from lesiondet.voc import read_voc_dir
+    from lesiondet.detection.data import split_records
+    from lesiondet.io.sources import parse_source
+    from lesiondet.io.voc import read_voc_dir
 
     yaml_path = ROOT / "configs" / "datasets" / f"{dataset}.yaml"
     src = parse_source(yaml_path)
@@ -70,10 +70,10 @@ def plain_train(train: Path, labels: Path, minutes: float, out: Path, threads: i
     from torch.utils.data import DataLoader, Dataset
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
-    from lesiondet.data import to_tensor
+    from lesiondet.detection.data import to_tensor
     from lesiondet.images import read_rgb
-    from lesiondet.labels import load_label_map
-    from lesiondet.voc import read_voc_dir
+    from lesiondet.io.labels import load_label_map
+    from lesiondet.io.voc import read_voc_dir
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -130,11 +130,11 @@ def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
     import torch
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
-    from lesiondet.data import to_tensor
+    from lesiondet.detection.data import to_tensor
     from lesiondet.images import read_rgb
-    from lesiondet.infer import detections_from_output
-    from lesiondet.labels import load_label_map
-    from lesiondet.voc import read_voc_dir, write_voc
+    from lesiondet.detection.predict import detections_from_output
+    from lesiondet.io.labels import load_label_map
+    from lesiondet.io.voc import read_voc_dir, write_voc
 
     torch.set_num_threads(threads)
     ck = torch.load(out / "model.pt", weights_only=False)
@@ -154,8 +154,8 @@ def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
 
 def keep_scores(pred: Path, labels: Path, score: float) -> Path:
     """A copy of a folder of predicted XML with only the boxes scoring at least ``score``."""
-    from lesiondet.labels import load_label_map
-    from lesiondet.voc import read_voc_dir, write_voc
+    from lesiondet.io.labels import load_label_map
+    from lesiondet.io.voc import read_voc_dir, write_voc
 
     out = pred.with_name(f"{pred.name}_{score:g}")
     out.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from .errors import LesiondetError
+from lesiondet.errors import LesiondetError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

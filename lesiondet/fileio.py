@@ -64,7 +64,7 @@ def next_run_dir(base: str | Path, name: str) -> Path:
 
 def list_dir(folder: str | Path) -> list[Path]:
     """The entries of ``folder``, sorted; a ``LesiondetError`` naming it when it cannot be listed."""
-    from .errors import LesiondetError
+    from lesiondet.errors import LesiondetError
 
     folder = Path(folder)
     try:
@@ -80,7 +80,7 @@ def read_yaml(path: str | Path, what: str, fix: str) -> dict:
     """A YAML mapping from ``path``; a ``LesiondetError`` naming the file when it is missing or broken."""
     import yaml
 
-    from .errors import LesiondetError
+    from lesiondet.errors import LesiondetError
 
     p = Path(path)
     if not p.is_file():

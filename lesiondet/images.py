@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError
+from lesiondet.errors import ImageError
 
 #: Decompression-bomb guard off: 8000x8000 fundus mosaics are legitimate.
 Image.MAX_IMAGE_PIXELS = None

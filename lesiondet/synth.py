@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .voc import VocObject, VocRecord, write_voc
+from lesiondet.io.voc import VocObject, VocRecord, write_voc
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def write_sample(out_dir: str | Path, n_train: int = 24, n_val: int = 6, n_test:
             img_path.parent.mkdir(parents=True, exist_ok=True)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
             assert ok
-            from .fileio import write_bytes
+            from lesiondet.fileio import write_bytes
 
             write_bytes(img_path, buf.tobytes())
             rec = VocRecord(img_path, size, size, tuple(objects))

@@ -43,8 +43,8 @@ def test_detect_writes_png_json_and_labelimg_xml(trained_run, tiny_sample, tmp_p
     doc = json.loads((out / f"{img.stem}.json").read_text())
     assert set(doc) >= {"image", "counts", "detections"}
     assert all(0.05 <= d["score"] <= 1 for d in doc["detections"])
-    from lesiondet.labels import default_label_map
-    from lesiondet.voc import parse_voc
+    from lesiondet.io.labels import default_label_map
+    from lesiondet.io.voc import parse_voc
 
     rec = parse_voc(out / f"{img.stem}.xml", default_label_map(), images_dir=img.parent)
     assert len(rec.objects) == len(doc["detections"])

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lesiondet.datasets import parse_source, read_sources
+from lesiondet.io.sources import parse_source, read_sources
 from lesiondet.errors import LesiondetError
 
 from .conftest import write_image, write_xml
@@ -49,7 +49,7 @@ def test_a_dataset_yaml_without_path_is_a_one_line_error(tmp_path):
 
 
 def test_masks_reach_the_training_targets(tmp_path):
-    from lesiondet.data import DetectionDataset
+    from lesiondet.detection.data import DetectionDataset
 
     a = _folder(tmp_path, "a", [("OD", 5, 5, 30, 30)])
     b = _folder(tmp_path, "b", [("EX", 5, 5, 8, 8)])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from lesiondet.evaluate import FROC_FPI, ap_by_size, coco_map, froc, to_coco
-from lesiondet.voc import VocObject, VocRecord
+from lesiondet.detection.metrics import FROC_FPI, ap_by_size, coco_map, froc, to_coco
+from lesiondet.io.voc import VocObject, VocRecord
 
 
 def rec(stem, objects, w=100, h=100):

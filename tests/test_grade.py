@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from lesiondet.cli import main
-from lesiondet.grade import GradingConfig, grade
-from lesiondet.grade_learn import OrdinalGrader, features, quadratic_weighted_kappa
-from lesiondet.voc import VocObject as O
+from lesiondet.grading.rules import GradingConfig, grade
+from lesiondet.grading.learned import OrdinalGrader, features, quadratic_weighted_kappa
+from lesiondet.io.voc import VocObject as O
 
 W = H = 1000
 OD_LEFT = O("OD", (100, 450, 200, 550))    # disc centre (150, 500), diameter 100 → fovea (400, 500)

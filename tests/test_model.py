@@ -2,15 +2,15 @@
 import pytest
 import torch
 
-from lesiondet import backbones
+from lesiondet.nn import backbones
 from lesiondet.errors import LesiondetError
-from lesiondet.model import build_detector
+from lesiondet.detection.model import build_detector
 
 
 @pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
-    return build_detector(4, {"min_size": 128, "max_size": 128, "fpn_channels": 32}, load_pretrained=False)
+    return build_detector(4, {"fpn_channels": 32}, load_pretrained=False, input_size=128, masked=True)
 
 
 def test_detector_is_sized_for_lesions(detector):

@@ -8,8 +8,7 @@ import pytest
 
 from lesiondet.cli import main
 from lesiondet.errors import LesiondetError
-from lesiondet.oct import (OctClassifier, classification_metrics, class_weights, patient_of, patient_split,
-                           read_oct_data, read_scan)
+from lesiondet.oct.classify import (OctClassifier, classification_metrics, class_weights, patient_of, patient_split, read_oct_data, read_scan)
 
 from .conftest import OCT_FAST as FAST
 
@@ -51,7 +50,7 @@ def test_grey_rgb_and_16_bit_scans_all_become_rgb_uint8(tmp_path):
 
 
 def test_class_weights_favour_rare_classes():
-    from lesiondet.oct import OctSample
+    from lesiondet.oct.classify import OctSample
 
     s = [OctSample(Path(f"{c}.jpg"), c, str(i)) for i, c in enumerate(["CNV"] * 9 + ["DRUSEN"] * 1)]
     w = class_weights(s, ["CNV", "DRUSEN"])

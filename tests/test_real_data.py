@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from lesiondet.evaluate import coco_map
-from lesiondet.labels import load_label_map
-from lesiondet.voc import read_voc_dir
+from lesiondet.detection.metrics import coco_map
+from lesiondet.io.labels import load_label_map
+from lesiondet.io.voc import read_voc_dir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from lesiondet.cli import main
-from lesiondet.grade import grade
-from lesiondet.htmlreport import ReportWriter, flags_for
-from lesiondet.voc import VocObject, VocRecord
+from lesiondet.grading.rules import grade
+from lesiondet.reporting.html import ReportWriter, flags_for
+from lesiondet.io.voc import VocObject, VocRecord
 
 from .conftest import ROOT
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from lesiondet.errors import LesiondetError
-from lesiondet.infer import predict_tiles, sliced_predict
-from lesiondet.tiling import (auto_zoom, crop_objects, drop_cut_boxes, merge_detections, resolve_tiling,
-                              sample_window, samples_per_image, should_slice, slice_windows, suppress_nested, val_windows,
-                              weighted_box_fusion, window_size)
-from lesiondet.voc import VocObject, VocRecord
+from lesiondet.detection.predict import predict_tiles, sliced_predict
+from lesiondet.detection.slicing import (auto_zoom, crop_objects, resolve_tiling, sample_window, samples_per_image, should_slice, slice_windows, val_windows, window_size)
+from lesiondet.detection.merging import drop_cut_boxes, merge_detections, suppress_nested, weighted_box_fusion
+from lesiondet.io.voc import VocObject, VocRecord
 
 
 @pytest.mark.parametrize("w,h,win,overlap", [(4288, 2848, 512, 0.2), (1024, 1024, 512, 0.2), (700, 300, 512, 0.5),
@@ -249,8 +248,8 @@ def test_zoom_feeds_smaller_windows_and_maps_back():
 def test_training_tiles_carry_boxes_in_tile_coordinates(tmp_path):
     import cv2
 
-    from lesiondet.data import TileDataset
-    from lesiondet.labels import LabelMap
+    from lesiondet.detection.data import TileDataset
+    from lesiondet.io.labels import LabelMap
 
     img = np.full((1000, 1500, 3), 90, np.uint8)
     objs = []
@@ -275,8 +274,8 @@ def test_training_tiles_carry_boxes_in_tile_coordinates(tmp_path):
 def test_whole_image_samples_are_shrunk_to_the_tile_with_their_boxes(tmp_path):
     import cv2
 
-    from lesiondet.data import TileDataset
-    from lesiondet.labels import LabelMap
+    from lesiondet.detection.data import TileDataset
+    from lesiondet.io.labels import LabelMap
 
     img = np.full((1000, 1500, 3), 90, np.uint8)
     img[300:600, 600:900] = 255
@@ -291,7 +290,7 @@ def test_whole_image_samples_are_shrunk_to_the_tile_with_their_boxes(tmp_path):
 def test_per_epoch_validation_scores_small_images_whole_and_large_ones_on_fixed_tiles(tmp_path):
     import cv2
 
-    from lesiondet.train import FitnessSet
+    from lesiondet.detection.train import FitnessSet
 
     big = np.full((1000, 1500, 3), 90, np.uint8)
     small = np.full((240, 300, 3), 90, np.uint8)

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from lesiondet.errors import ImageError, VocError
-from lesiondet.labels import LabelMap, default_label_map, load_label_map
-from lesiondet.voc import VocObject, VocRecord, parse_voc, read_voc_dir, write_voc
+from lesiondet.io.labels import LabelMap, default_label_map, load_label_map
+from lesiondet.io.voc import VocObject, VocRecord, parse_voc, read_voc_dir, write_voc
 
 from .conftest import write_image, write_xml
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lesiondet.errors import ImageError, VocError
-from lesiondet.labels import default_label_map
-from lesiondet.voc import parse_voc
+from lesiondet.io.labels import default_label_map
+from lesiondet.io.voc import parse_voc
 
 from .conftest import write_image
 

@@ -2,70 +2,13 @@
 from __future__ import annotations
 
 import csv
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
-from .fileio import atomic_path
-from .voc import VocRecord
-
-#: RGB colour per class, chosen to stand out on an orange-red fundus.
-COLOURS = {"MA": (0, 255, 255), "HE": (0, 90, 255), "EX": (255, 255, 0), "SE": (255, 255, 255),
-           "OD": (0, 255, 0), "HE_MA": (255, 0, 255)}
-FALLBACK = [(255, 128, 0), (128, 255, 0), (0, 128, 255), (255, 0, 128)]
-
-
-def colour(label: str) -> tuple[int, int, int]:
-    return COLOURS.get(label, FALLBACK[hash(label) % len(FALLBACK)])
-
-
-def draw(img: np.ndarray, record: VocRecord, thickness: int | None = None) -> np.ndarray:
-    """Boxes with class and score on a copy of an RGB image, plus a legend."""
-    out = img.copy()
-    h, w = out.shape[:2]
-    t = thickness or max(1, round(max(h, w) / 800))
-    pad = t + 1  # draw just outside the box so tiny lesions stay visible
-    font = max(0.35, max(h, w) / 1600)
-    for o in sorted(record.objects, key=lambda o: o.score or 0):
-        x0, y0, x1, y1 = (int(round(v)) for v in o.box)
-        c = colour(o.label)
-        cv2.rectangle(out, (x0 - pad, y0 - pad), (x1 + pad - 1, y1 + pad - 1), c, t)
-        text = o.label if o.score is None else f"{o.label} {o.score:.2f}"
-        # Text only where it fits beside the box; colour and the legend say the rest on busy images.
-        if o.label == "OD" or (o.width >= 60 * font and len(record.objects) <= 100):
-            cv2.putText(out, text, (x0, max(10, y0 - pad - 2)), cv2.FONT_HERSHEY_SIMPLEX, font, c, t, cv2.LINE_AA)
-    counts = Counter(o.label for o in record.objects)
-    y = int(20 * font / 0.5)
-    for label, n in sorted(counts.items()):
-        cv2.putText(out, f"{label}: {n}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, font * 1.2, colour(label), t + 1,
-                    cv2.LINE_AA)
-        y += int(24 * font / 0.5)
-    return out
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-    return Path(path)
-
-
-def detections_json(record: VocRecord) -> dict:
-    """The per-image JSON document ``lesiondet detect`` writes (boxes 0-based x0,y0,x1,y1)."""
-    return {
-        "image": str(record.image_path),
-        "width": record.width,
-        "height": record.height,
-        "counts": dict(sorted(Counter(o.label for o in record.objects).items())),
-        "detections": [{"label": o.label, "score": None if o.score is None else round(o.score, 4),
-                        "box": [round(v, 1) for v in o.box]} for o in record.objects],
-    }
-
+from lesiondet.fileio import atomic_path
+from lesiondet.reporting.draw import colour
 
 def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:
     keys: list[str] = []
@@ -98,18 +41,21 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_curves(path: str | Path, rows: Sequence[dict]) -> Path:
-    """Training loss and validation mAP per epoch, side by side."""
+    """Losses (training and validation) and validation scores per epoch, side by side, for any model."""
     plt = pyplot()
     ep = [r["epoch"] for r in rows]
+    keys = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], (int, float)) and k not in ("epoch", "time_s", "lr")]
+    losses = [k for k in keys if "loss" in k]
+    scores = [k for k in keys if k not in losses]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for k in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
-        if rows and k in rows[0]:
-            a.plot(ep, [r[k] for r in rows], marker="o" if k == "loss" else None, label=k, lw=2 if k == "loss" else 1)
-    a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.legend(fontsize=7), a.grid(alpha=0.3)
-    for k in [k for k in (rows[0] if rows else {}) if k.startswith("val_")]:
-        b.plot(ep, [r[k] for r in rows], marker="o" if k in ("val_mAP", "val_mAP50") else None, label=k[4:],
-               lw=2 if k in ("val_mAP", "val_mAP50") else 1)
-    b.set_xlabel("epoch"), b.set_ylabel("validation AP"), b.set_ylim(0, 1), b.legend(fontsize=7), b.grid(alpha=0.3)
+    for k in losses:
+        main = k in ("loss", "val_loss")
+        a.plot(ep, [r[k] for r in rows], marker="o" if main else None, label=k, lw=2 if main else 1)
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(fontsize=7), a.grid(alpha=0.3)
+    for k in scores:
+        main = k in ("val_mAP", "val_mAP50", "val_acc")
+        b.plot(ep, [r[k] for r in rows], marker="o" if main else None, label=k.removeprefix("val_"), lw=2 if main else 1)
+    b.set_xlabel("epoch"), b.set_ylabel("validation score"), b.set_ylim(0, 1), b.legend(fontsize=7), b.grid(alpha=0.3)
     return save_figure(fig, path)
 
 

@@ -5,7 +5,7 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import LesiondetError
+from lesiondet.errors import LesiondetError
 
 DEFAULT_TRAIN: dict[str, Any] = {
     "epochs": 20,
@@ -19,6 +19,7 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "amp": True,
     "use_difficult": False,
     "seed": 0,
+    "patience": 0,  # stop after this many epochs without a better validation mAP50 (0: never)
     "val_score": 0.001,  # keep low-score detections for mAP and FROC; the curves need them
     "val_max_images": 50,  # per-epoch fitness on this many validation images (0: all)
     "val_max_tiles": 64,  # ... and on this many fixed tiles of the images that are sliced (0: whole images)
@@ -38,7 +39,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     cfg: dict[str, Any] = {"model": {}, "train": dict(DEFAULT_TRAIN), "augment": {}, "tiling": {}}
     if path is None:
         return cfg
-    from .fileio import read_yaml
+    from lesiondet.fileio import read_yaml
 
     p = Path(path)
     user = read_yaml(p, "config", "pass a YAML file such as configs/models/cpu-fast.yaml")
@@ -46,7 +47,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     if unknown:
         raise LesiondetError(p, f"unknown section(s) {sorted(unknown)}",
                              "use model:, train:, augment:, tiling:, labels:")
-    from .tiling import resolve_tiling
+    from lesiondet.detection.slicing import resolve_tiling
 
     try:
         resolve_tiling(user.get("tiling"))

@@ -6,15 +6,16 @@ start at 8 px instead of 32, up to 1000 detections per image instead of 100
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from . import backbones
-from .errors import CheckpointError, LesiondetError
+from lesiondet.nn import backbones
+from lesiondet.errors import CheckpointError, LesiondetError
 
 DEFAULT_ARCH: dict[str, Any] = {
     "backbone": "efficientnet_lite0",
@@ -25,8 +26,6 @@ DEFAULT_ARCH: dict[str, Any] = {
     # One tuple of sizes per pyramid level; every level needs the same count.
     "anchor_sizes": [[8, 16], [32, 48], [64, 96], [128, 256]],
     "aspect_ratios": [0.5, 1.0, 2.0],
-    "min_size": 800,
-    "max_size": 1333,
     "rpn_pre_nms_top_n_train": 2000,
     "rpn_post_nms_top_n_train": 2000,
     "rpn_pre_nms_top_n_test": 2000,
@@ -95,20 +94,38 @@ def _levels(backbone: torch.nn.Module) -> int:
     return n
 
 
+class ModelScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise-and-batch step without its resize: inputs arrive at model scale.
+
+    Inference scales tiles and whole images itself (``predict.to_model_scale``, the
+    same interpolation torchvision uses), so the inference network, and what is
+    exported of it, has no input-size switch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(1, 1, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+    def resize(self, image: torch.Tensor, target: Optional[Dict[str, torch.Tensor]] = None
+               ) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]:
+        return image, target
+
+
 class MaskedRoIHeads(RoIHeads):
     """Torchvision's box head, with a per-image mask over the classification outputs in training.
 
     A target may carry ``class_mask`` (bool, background + classes): outputs it
     leaves out are removed from that image's softmax, so a class its source
     never annotates is neither rewarded nor punished there. Parameters and
-    inference are exactly torchvision's.
+    inference are exactly torchvision's; only training networks use it.
     """
 
     @classmethod
-    def from_heads(cls, heads: RoIHeads) -> "MaskedRoIHeads":
-        new = cls.__new__(cls)
-        new.__dict__.update(heads.__dict__)
-        return new
+    def like(cls, h: RoIHeads) -> "MaskedRoIHeads":
+        """The same modules and settings as ``h``, through the constructor."""
+        return cls(h.box_roi_pool, h.box_head, h.box_predictor, h.proposal_matcher.high_threshold,
+                   h.proposal_matcher.low_threshold, h.fg_bg_sampler.batch_size_per_image,
+                   h.fg_bg_sampler.positive_fraction, h.box_coder.weights, h.score_thresh, h.nms_thresh,
+                   h.detections_per_img)
 
     def forward(self, features, proposals, image_shapes, targets=None):  # type: ignore[override]
         if not self.training or targets is None or not all("class_mask" in t for t in targets):
@@ -123,14 +140,18 @@ class MaskedRoIHeads(RoIHeads):
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
 
-def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None,
-                   load_pretrained: bool = True) -> FasterRCNN:
+def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None, load_pretrained: bool = True, *,
+                   input_size: int | None = 512, score_thresh: float | None = None,
+                   masked: bool = False) -> FasterRCNN:
     """Faster R-CNN with ``num_classes`` outputs (background included).
 
     Args:
         num_classes: classes of the label map + 1.
         arch: overrides of ``DEFAULT_ARCH`` (a config's ``model:`` section).
         load_pretrained: False when the weights come from a checkpoint anyway.
+        input_size: side every input is scaled to (the tile); None: inputs arrive at model scale.
+        score_thresh: lowest score returned (default ``arch["box_score_thresh"]``).
+        masked: per-image class masks in the loss (training on several datasets); inference needs none.
     """
     arch = resolve_arch(arch)
     backbone = _backbone(arch, load_pretrained)
@@ -144,24 +165,37 @@ def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None,
     ratios = (tuple(float(r) for r in arch["aspect_ratios"]),) * levels
     anchor_gen = AnchorGenerator(tuple(sizes), ratios)
     keys = [k for k in DEFAULT_ARCH if k.startswith(("rpn_", "box_"))]
-    model = FasterRCNN(
-        backbone, num_classes=num_classes, rpn_anchor_generator=anchor_gen,
-        min_size=arch["min_size"], max_size=arch["max_size"], **{k: arch[k] for k in keys},
-    )
-    model.roi_heads = MaskedRoIHeads.from_heads(model.roi_heads)
+    heads = {k: arch[k] for k in keys}
+    if score_thresh is not None:
+        heads["box_score_thresh"] = float(score_thresh)
+    side = input_size or 1
+    model = FasterRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchor_gen, min_size=side,
+                       max_size=side, **heads)
+    if input_size is None:
+        model.transform = ModelScaleTransform()
+    if masked:
+        model.roi_heads = MaskedRoIHeads.like(model.roi_heads)
     return model
 
 
 CHECKPOINT_FORMAT = "lesiondet-detector/1"
 
 
-def detector_from_checkpoint(ckpt: Mapping[str, Any], path: str = "") -> tuple[FasterRCNN, list[str]]:
-    """Rebuild the detector a checkpoint describes and load its weights."""
+def detector_from_checkpoint(ckpt: Mapping[str, Any], path: str = "", *, input_size: int | None = -1,
+                             score_thresh: float | None = None) -> tuple[FasterRCNN, list[str]]:
+    """Rebuild the detector a checkpoint describes and load its weights.
+
+    ``input_size`` -1 (default) means the tile it was trained at; see ``build_detector`` for the rest.
+    """
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(path, "not a lesiondet detector checkpoint",
                               "pass a best.pt or last.pt written by 'lesiondet train'")
     classes = list(ckpt["classes"])
-    model = build_detector(len(classes) + 1, ckpt["arch"], load_pretrained=False)
+    arch = {k: v for k, v in ckpt["arch"].items() if k not in ("min_size", "max_size")}  # the input size is derived
+    if input_size == -1:
+        input_size = int((ckpt.get("tiling") or {}).get("tile") or ckpt["arch"].get("min_size", 512))
+    model = build_detector(len(classes) + 1, arch, load_pretrained=False, input_size=input_size,
+                           score_thresh=score_thresh)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
@@ -169,20 +203,3 @@ def detector_from_checkpoint(ckpt: Mapping[str, Any], path: str = "") -> tuple[F
         raise CheckpointError(path, f"weights do not match the model they describe ({first})",
                               "retrain, or use the checkpoint with the lesiondet version that wrote it") from None
     return model, classes
-
-
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """``torch.load`` with a one-line error for missing or corrupt files."""
-    import pickle
-    import zipfile
-
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(p, "weights file not found", "pass --weights runs/NAME/best.pt")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(p, f"cannot read the weights ({type(e).__name__})",
-                              "the file is corrupt or truncated; use another checkpoint") from None

@@ -15,9 +15,9 @@ from typing import Iterable, Sequence
 
 from lxml import etree
 
-from .errors import ImageError, VocError
-from .fileio import atomic_path
-from .labels import LabelMap
+from lesiondet.errors import ImageError, VocError
+from lesiondet.fileio import atomic_path
+from lesiondet.io.labels import LabelMap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 #: Boxes may overshoot the image by this many pixels (tools that write 0-based
@@ -229,7 +229,7 @@ def parse_voc(xml_path: str | Path, label_map: LabelMap, images_dir: str | Path 
 def read_voc_dir(path: str | Path, label_map: LabelMap, images_dir: str | Path | None = None,
                  source: str = "", need_image: bool = True) -> list[VocRecord]:
     """Every ``*.xml`` in a labelImg folder (or ``path/Annotations``), sorted by name."""
-    from .fileio import list_dir
+    from lesiondet.fileio import list_dir
 
     folder = annotations_dir(path)
     xmls = [p for p in list_dir(folder) if p.suffix.lower() == ".xml"]

@@ -7,7 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .voc import VocObject
+from lesiondet.io.voc import VocObject
 
 
 def fov_mask(img: np.ndarray, threshold: int = 20) -> np.ndarray:

@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .data import fit_to
-from .fileio import atomic_path
-from .grade import Grade
-from .report import colour
-from .voc import VocRecord
+from lesiondet.detection.data import fit_to
+from lesiondet.fileio import atomic_path
+from lesiondet.grading.rules import Grade
+from lesiondet.reporting.draw import colour
+from lesiondet.io.voc import VocRecord
 
 #: Longest side of the embedded annotated image and of the thumbnails, in pixels.
 VIEW_PX = 1400

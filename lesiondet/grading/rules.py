@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import LesiondetError
-from .fileio import read_yaml
-from .fundus import Landmarks, locate_fovea, quadrant_names, quadrant_of
-from .voc import VocObject, VocRecord
+from lesiondet.errors import LesiondetError
+from lesiondet.fileio import read_yaml
+from lesiondet.grading.anatomy import Landmarks, locate_fovea, quadrant_names, quadrant_of
+from lesiondet.io.voc import VocObject, VocRecord
 
 GRADE_NAMES = {0: "No apparent retinopathy", 1: "Mild NPDR", 2: "Moderate NPDR", 3: "Severe NPDR",
                4: "Proliferative DR"}
@@ -179,8 +179,8 @@ def grade_record(record: VocRecord, config: GradingConfig | None = None, read_fo
     """Grade a record, measuring the field of view from its image when it can be read."""
     fov = None
     if read_fov and record.image_path.is_file():
-        from .fundus import fov_mask
-        from .images import read_rgb
+        from lesiondet.grading.anatomy import fov_mask
+        from lesiondet.images import read_rgb
 
         fov = float(fov_mask(read_rgb(record.image_path)).sum())
     return grade(record, config=config, fov_area_px=fov)

@@ -10,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from .errors import LesiondetError
-from .voc import IMAGE_SUFFIXES
+from lesiondet.errors import LesiondetError
+from lesiondet.io.voc import IMAGE_SUFFIXES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,20 +69,20 @@ _overlap = _number_in(0.0, 0.9, hi_included=False)
 def cmd_train(a: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from .config import load_config, merge
-    from .data import split_records
-    from .device import distributed, resolve_device
-    from .fileio import next_run_dir
-    from .labels import LabelMap
-    from .model import load_checkpoint
-    from .train import train
-    from .voc import read_voc_dir
+    from lesiondet.config import load_config, merge
+    from lesiondet.detection.data import split_records
+    from lesiondet.device import distributed, resolve_device
+    from lesiondet.fileio import next_run_dir
+    from lesiondet.io.labels import LabelMap
+    from lesiondet.engine.checkpoint import load_checkpoint
+    from lesiondet.detection.train import train
+    from lesiondet.io.voc import read_voc_dir
 
-    from .datasets import Source, parse_source, read_sources
+    from lesiondet.io.sources import Source, parse_source, read_sources
 
     resume_ck = None
     if a.resume:
-        resume_ck = load_checkpoint(a.resume)
+        resume_ck = load_checkpoint(a.resume, trust_legacy=a.trust_legacy)
         if "optimizer" not in resume_ck:
             raise LesiondetError(a.resume, "this checkpoint cannot be resumed (no optimizer state)",
                                  "resume from last.pt, not best.pt")
@@ -125,7 +125,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if resume_ck is not None:
         out = Path(a.resume).parent
     elif distributed():
-        from .device import init_distributed
+        from lesiondet.device import init_distributed
 
         rank, _, device = init_distributed(device)
         holder = [str(next_run_dir(Path(a.out).parent, Path(a.out).name)) if rank == 0 else None]
@@ -140,7 +140,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         _say("classes each source annotates (others are masked out of its loss): "
              + "; ".join(f"{k}: {', '.join(v)}" for k, v in annotated.items()))
     summary = train(train_records, val_records, label_map, cfg, out, device, resume=a.resume,
-                    time_limit_min=a.time_limit, log=_say, annotated=annotated if len(sources) > 1 else None)
+                    time_limit_min=a.time_limit, log=_say, annotated=annotated if len(sources) > 1 else None,
+                    trust_legacy=a.trust_legacy)
     _say(f"done: {summary['epochs_done']} epoch(s), best val mAP50 {max(summary['best_fitness'], 0):.3f}; "
          f"weights {out / 'best.pt'}, curves {out / 'curves.png'}")
     return 0
@@ -148,9 +149,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def _check_images(records) -> None:
     """Decode every image before training starts, so a bad file fails now, not in hour three."""
-    from .errors import ImageError
-    from .images import read_rgb
-    from .progress import progress
+    from lesiondet.errors import ImageError
+    from lesiondet.images import read_rgb
+    from lesiondet.progress import progress
 
     for r in progress(records, desc="checking images", enabled=len(records) > 50):
         # A full decode: a truncated JPEG has a good header and would fail only inside the data loader.
@@ -166,7 +167,7 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            from .fileio import list_dir
+            from lesiondet.fileio import list_dir
 
             found = [q for q in list_dir(p) if q.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
@@ -180,13 +181,13 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from .detect import count_table, detect_files
-    from .fileio import next_run_dir
-    from .grade import GradingConfig
-    from .infer import Predictor
+    from lesiondet.detection.detect import count_table, detect_files
+    from lesiondet.fileio import next_run_dir
+    from lesiondet.grading.rules import GradingConfig
+    from lesiondet.detection.predict import Predictor
 
     images = _collect_images(a.images)
-    predictor = Predictor(a.weights, a.device, a.score, **_tiling_overrides(a))
+    predictor = Predictor(a.weights, a.device, a.score, trust_legacy=a.trust_legacy, **_tiling_overrides(a))
     grading = GradingConfig.load(a.grading) if (a.grade or a.report) else None
     out = Path(a.out)
     if a.exist_ok:
@@ -201,7 +202,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
             for r in g.reasons:
                 print(f"  - {r}")
         if run.records:
-            from .grade import PDR_SENTENCE
+            from lesiondet.grading.rules import PDR_SENTENCE
 
             print(f"Note: {PDR_SENTENCE}")
     if run.report:
@@ -217,31 +218,24 @@ def cmd_detect(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- eval
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate_detections, format_froc, format_table, json_safe
-    from .fileio import next_run_dir, write_json
-    from .grade_learn import grade_agreement, plot_confusion
-    from .report import plot_froc, plot_pr_curves
-    from .labels import LabelMap, load_label_map
-    from .voc import present_labels, read_voc_dir
+    from lesiondet.detection.metrics import evaluate_detections, format_froc, format_table, json_safe
+    from lesiondet.fileio import next_run_dir, write_json
+    from lesiondet.grading.learned import grade_agreement, plot_confusion
+    from lesiondet.reporting.plots import plot_froc, plot_pr_curves
+    from lesiondet.io.labels import LabelMap, load_label_map
+    from lesiondet.io.voc import present_labels, read_voc_dir
 
     if not a.map:
         raise LesiondetError(None, "no metric chosen", "pass --map")
     if a.weights:
-        from .device import resolve_device
-        from .infer import predict_records
-        from .model import detector_from_checkpoint, load_checkpoint
+        from lesiondet.detection.predict import Predictor
 
-        from .infer import checkpoint_tiling
-
-        ck = load_checkpoint(a.weights)
-        model, classes = detector_from_checkpoint(ck, a.weights)
-        tiling = checkpoint_tiling(ck, **_tiling_overrides(a))
+        predictor = Predictor(a.weights, a.device, a.score, trust_legacy=a.trust_legacy, **_tiling_overrides(a))
+        classes = predictor.classes
         label_map = (load_label_map(a.labels) if a.labels
-                     else LabelMap.from_dict({**ck["label_map"], "default_aliases": True}, str(a.weights)))
+                     else LabelMap.from_dict({**predictor.label_map, "default_aliases": True}, str(a.weights)))
         gt = read_voc_dir(a.voc, label_map, a.images)
-        device = resolve_device(a.device)
-        model.to(device)
-        preds = predict_records(model, gt, classes, device, score=a.score, tiling=tiling, progress=True)
+        preds = predictor.predict_records(gt, progress=True)
     else:
         label_map = load_label_map(a.labels)
         gt = read_voc_dir(a.voc, label_map, a.images)
@@ -271,17 +265,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- grade
 def cmd_grade(a: argparse.Namespace) -> int:
-    import pickle
-
     import numpy as np
 
-    from .fileio import atomic_path, write_json
-    from .grade import GRADE_NAMES, GradingConfig, grade_record
-    from .grade_learn import (FEATURES, OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa,
-                              read_labels_csv)
-    from .labels import load_label_map
-    from .progress import progress
-    from .voc import read_voc_dir
+    from lesiondet.fileio import write_json
+    from lesiondet.grading.rules import GRADE_NAMES, GradingConfig, grade_record
+    from lesiondet.grading.learned import (OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa, read_labels_csv)
+    from lesiondet.io.labels import load_label_map
+    from lesiondet.progress import progress
+    from lesiondet.io.voc import read_voc_dir
 
     cfg = GradingConfig.load(a.grading)
     records = read_voc_dir(a.voc, load_label_map(a.labels), a.images)
@@ -295,22 +286,11 @@ def cmd_grade(a: argparse.Namespace) -> int:
             raise LesiondetError(a.fit, "fewer than two of its images are in --voc", "check the image names")
         X, y = np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
         model = OrdinalGrader().fit(X, y)
-        path = Path(a.model or "grader.pkl")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(pickle.dumps({"format": "lesiondet-grader/1", "features": FEATURES, "model": model,
-                                          "merged_as_he": cfg.merged_as_he}))
+        path = model.save(a.model or "grader.json")
         fit_qwk = quadratic_weighted_kappa(y, model.predict(X))
         print(f"fitted an ordinal grader on {len(y)} images (training QWK {fit_qwk:.3f}); saved {path}")
     elif a.model:
-        p = Path(a.model)
-        try:
-            saved = pickle.loads(p.read_bytes())
-            assert saved["format"] == "lesiondet-grader/1"
-            model = saved["model"]
-        except FileNotFoundError:
-            raise LesiondetError(p, "grader model not found", "fit one with --fit LABELS.csv --model FILE") from None
-        except Exception:
-            raise LesiondetError(p, "not a lesiondet grader model", "fit one with --fit LABELS.csv") from None
+        model = OrdinalGrader.load(a.model, a.trust_legacy)
     predicted = [int(g.grade) for g in grades]
     if model is not None:
         predicted = [int(v) for v in model.predict(np.stack([features(g, cfg.merged_as_he) for g in grades]))]
@@ -352,10 +332,10 @@ def cmd_grade(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- synth
 def cmd_synth(a: argparse.Namespace) -> int:
-    from .synth import write_sample
+    from lesiondet.synth import write_sample
 
     if a.oct:
-        from .synth import write_oct_sample
+        from lesiondet.synth import write_oct_sample
 
         out = write_oct_sample(a.out, per_class=a.n_train, seed=a.seed)
         _say(f"wrote a synthetic OCT dataset to {out} (CNV/, DME/, DRUSEN/, NORMAL/)")
@@ -367,9 +347,9 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- oct
 def cmd_oct_train(a: argparse.Namespace) -> int:
-    from .device import resolve_device
-    from .fileio import next_run_dir, read_yaml
-    from .oct import DEFAULT_OCT, patient_split, read_oct_data, read_scan, train_oct
+    from lesiondet.device import resolve_device
+    from lesiondet.fileio import next_run_dir, read_yaml
+    from lesiondet.oct.classify import DEFAULT_OCT, patient_split, read_oct_data, read_scan, train_oct
 
     cfg = dict(DEFAULT_OCT)
     if a.config:
@@ -403,11 +383,11 @@ def cmd_oct_train(a: argparse.Namespace) -> int:
 
 
 def cmd_oct_predict(a: argparse.Namespace) -> int:
-    from .fileio import next_run_dir, write_json
-    from .oct import OctClassifier, plot_prediction, read_scan
+    from lesiondet.fileio import next_run_dir, write_json
+    from lesiondet.oct.classify import OctClassifier, plot_prediction, read_scan
 
     paths = _collect_images(a.images)
-    clf = OctClassifier(a.weights, a.head, a.device)
+    clf = OctClassifier(a.weights, a.head, a.device, a.trust_legacy)
     out = next_run_dir(Path(a.out).parent, Path(a.out).name)
     docs, failures = [], []
     for p in paths:
@@ -430,11 +410,11 @@ def cmd_oct_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_oct_eval(a: argparse.Namespace) -> int:
-    from .fileio import write_json
-    from .oct import OctClassifier, classification_metrics, read_oct_data
-    from .report import plot_confusion_matrix
+    from lesiondet.fileio import write_json
+    from lesiondet.oct.classify import OctClassifier, classification_metrics, read_oct_data
+    from lesiondet.reporting.plots import plot_confusion_matrix
 
-    clf = OctClassifier(a.weights, a.head, a.device)
+    clf = OctClassifier(a.weights, a.head, a.device, a.trust_legacy)
     samples = read_oct_data(a.data, clf.classes)
     proba = clf.predict_proba([s.path for s in samples], progress=len(samples) > 16)
     m = classification_metrics([clf.classes.index(s.label) for s in samples], proba, clf.classes)
@@ -459,6 +439,17 @@ def cmd_oct_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+def cmd_export(a: argparse.Namespace) -> int:
+    from lesiondet.export.onnx import export
+
+    out = export(a.weights, a.format, a.out, trust_legacy=a.trust_legacy)
+    use = f"lesiondet detect IMG --weights {out}" if a.format == "onnx" else "torch.jit.load"
+    _say(f"wrote {out}: the per-tile network, images at model scale in, boxes out; slicing and merging stay "
+         f"in lesiondet ({use})")
+    return 0
+
+
 def _tiling_overrides(a: argparse.Namespace) -> dict:
     """Slicing options given on the command line (None: keep what the checkpoint says)."""
     return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "nested_ios": a.nested_ios,
@@ -477,6 +468,12 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
                    help="also predict on the mirrored image and merge the two (twice the time)")
 
 
+def _add_trust_legacy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-legacy", action="store_true",
+                   help="load a lesiondet 0.1 model file, which unpickles it WITH code execution: only for files "
+                        "you wrote yourself or got from someone you trust")
+
+
 def _say(msg: str) -> None:
     """Progress for people; under torchrun only rank 0 speaks."""
     import os
@@ -487,7 +484,7 @@ def _say(msg: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lesiondet", description="Retinal lesion detection (Faster R-CNN) from labelImg VOC data.")
-    from . import __version__
+    from lesiondet import __version__
 
     p.add_argument("--version", action="version", version=f"lesiondet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -515,11 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train", help="run folder; numbered if it exists (default runs/train)")
     t.add_argument("--tile", type=_positive_int, help="tile side in model pixels (default 512)")
     t.add_argument("--overlap", type=_overlap, help="tile overlap share at validation (default 0.2)")
+    _add_trust_legacy(t)
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("detect", help="detect lesions in images")
     d.add_argument("images", nargs="+", help="image files or folders")
-    d.add_argument("--weights", required=True, help="best.pt from 'lesiondet train'")
+    d.add_argument("--weights", required=True, help="best.pt from 'lesiondet train', or its exported .onnx")
     d.add_argument("--score", type=_score, default=0.3, help="minimum score (default 0.3)")
     d.add_argument("--out", default="runs/detect", help="output folder; numbered if it exists")
     d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
@@ -529,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--report", action="store_true",
                    help="also write a self-contained report.html (images, lesion tables, grades, flags)")
     _add_tiling_args(d)
+    _add_trust_legacy(d)
     d.set_defaults(func=cmd_detect)
 
     e = sub.add_parser("eval", help="score detections against labelImg ground truth")
@@ -536,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--voc", required=True, help="ground-truth labelImg folder")
     e.add_argument("--images", help="image folder, if not next to the XML or in ../JPEGImages")
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="checkpoint to run on the ground-truth images")
+    src.add_argument("--weights", help="checkpoint (or exported .onnx) to run on the ground-truth images")
     src.add_argument("--pred", help="folder of predicted VOC XML (optional <score>), matched by file stem")
     e.add_argument("--labels", help="label map YAML")
     e.add_argument("--score", type=_score, default=0.001, help="minimum score kept with --weights (default 0.001)")
@@ -546,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/eval", help="folder for the PR, FROC and grade plots; numbered if it exists")
     e.add_argument("--device", default="auto")
     _add_tiling_args(e)
+    _add_trust_legacy(e)
     e.set_defaults(func=cmd_eval)
 
     gr = sub.add_parser("grade", help="ICDR DR grade from labelImg lesion annotations (or predictions)")
@@ -558,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--model", help="learned grader file: written by --fit, read otherwise")
     gr.add_argument("--eval", metavar="LABELS_CSV", help="QWK, accuracy and a confusion-matrix PNG")
     gr.add_argument("--out", default="runs/grade", help="folder for the confusion-matrix PNG")
+    _add_trust_legacy(gr)
     gr.set_defaults(func=cmd_grade)
 
     o = sub.add_parser("oct", help="OCT B-scan classifier: CNV / DME / DRUSEN / NORMAL")
@@ -586,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--json", help="write class and probabilities to this file")
     op.add_argument("--out", default="runs/oct-predict", help="folder for the pictures; numbered if it exists")
     op.add_argument("--device", default="auto")
+    _add_trust_legacy(op)
     op.set_defaults(func=cmd_oct_predict)
     oe = osub.add_parser("eval", help="accuracy, sensitivity, specificity, ROC AUC, confusion matrix")
     oe.add_argument("--data", required=True, help="labelled folder or CSV")
@@ -594,7 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
     oe.add_argument("--json", help="write the figures to this JSON file")
     oe.add_argument("--out", default="runs/oct-eval", help="folder for oct_confusion.png")
     oe.add_argument("--device", default="auto")
+    _add_trust_legacy(oe)
     oe.set_defaults(func=cmd_oct_eval)
+
+    x = sub.add_parser("export", help="export a detector's per-tile network to ONNX or TorchScript")
+    x.add_argument("--weights", required=True, help="best.pt from 'lesiondet train'")
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    x.add_argument("--out", help="output file (default: the weights' name with .onnx or .torchscript)")
+    _add_trust_legacy(x)
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synth", help="write the synthetic sample dataset")
     s.add_argument("out")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .errors import LesiondetError
+from lesiondet.errors import LesiondetError
 
 #: Canonical classes in the order a default model uses.
 CANONICAL = ("MA", "HE", "EX", "SE", "OD", "HE_MA")
@@ -126,7 +126,7 @@ def load_label_map(path: str | Path | None) -> LabelMap:
     """
     if path is None:
         return default_label_map()
-    from .fileio import read_yaml
+    from lesiondet.fileio import read_yaml
 
     d = read_yaml(path, "label map", "pass a YAML file with 'classes:' (see configs/datasets/*.yaml)")
     if "labels" in d and isinstance(d["labels"], dict):

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import LesiondetError
-from .labels import LabelMap, load_label_map
-from .voc import VocRecord, present_labels, read_voc_dir
+from lesiondet.errors import LesiondetError
+from lesiondet.io.labels import LabelMap, load_label_map
+from lesiondet.io.voc import VocRecord, present_labels, read_voc_dir
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def parse_source(spec: str | Path, labels: str | Path | None = None) -> Source:
     """A folder, or a dataset YAML whose ``path`` is relative to the working directory or to the YAML."""
     p = Path(spec)
     if p.suffix.lower() in (".yaml", ".yml"):
-        from .fileio import read_yaml
+        from lesiondet.fileio import read_yaml
 
         d = read_yaml(p, "dataset config", "pass a folder or a file like configs/datasets/codras.yaml")
         if "path" not in d or "labels" not in d:

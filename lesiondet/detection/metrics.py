@@ -18,8 +18,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .errors import LesiondetError
-from .voc import VocRecord
+from lesiondet.errors import LesiondetError
+from lesiondet.io.voc import VocRecord
 
 MAX_DETS = 1000
 

@@ -13,10 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import LesiondetError
-from .grade import Grade, GradingConfig, grade
-from .voc import VocRecord
+from lesiondet.errors import LesiondetError
+from lesiondet.nn.logistic import PlainLogistic
+from lesiondet.grading.rules import Grade, GradingConfig, grade
+from lesiondet.io.voc import VocRecord
 
+GRADER_FORMAT = "lesiondet-grader/2"  # 1: lesiondet 0.1, a pickle
 FEATURES = ("log_MA", "log_HE", "log_EX", "log_SE", "area_HE", "area_EX", "area_SE",
             "he_q_min", "he_q_2", "he_q_3", "he_q_max", "dme")
 
@@ -54,8 +56,67 @@ class OrdinalGrader:
         self.models_ = []
         for k in self.grades_[:-1]:
             m = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=1000))
-            self.models_.append(m.fit(X, (y > k).astype(int)))
+            self.models_.append(PlainLogistic.from_sklearn(m.fit(X, (y > k).astype(int))))
         return self
+
+    def to_dict(self) -> dict:
+        """Plain numbers only: the file can be read without running code (JSON)."""
+        return {"format": GRADER_FORMAT, "features": list(FEATURES), "C": self.C,
+                "grades": self.grades_.tolist(), "thresholds": [m.to_dict() for m in self.models_]}
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str | Path = "grader") -> "OrdinalGrader":
+        if not isinstance(d, dict) or d.get("format") != GRADER_FORMAT or list(d.get("features", [])) != list(FEATURES):
+            raise LesiondetError(path, "not a lesiondet grader model of this version",
+                                 "fit one with 'lesiondet grade --fit LABELS.csv --model FILE'")
+        g = cls(float(d["C"]))
+        g.grades_ = np.asarray(d["grades"], int)
+        g.models_ = [PlainLogistic.from_dict(m) for m in d["thresholds"]]
+        return g
+
+    def save(self, path: str | Path) -> Path:
+        from lesiondet.fileio import write_json
+
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, trust_legacy: bool = False) -> "OrdinalGrader":
+        """A grader saved by ``save`` (JSON); a lesiondet 0.1 pickle only with ``trust_legacy``."""
+        import json
+
+        p = Path(path)
+        if not p.is_file():
+            raise LesiondetError(p, "grader model not found", "fit one with --fit LABELS.csv --model FILE")
+        data = p.read_bytes()
+        try:
+            return cls.from_dict(json.loads(data.decode("utf-8")), p)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        if not trust_legacy:
+            raise LesiondetError(p, "not a JSON grader model; a pickled one would run code when loaded",
+                                 "refit it with --fit, or, if you wrote it yourself with lesiondet 0.1, "
+                                 "pass --trust-legacy (this runs the code inside it)")
+        return cls._legacy(p, data)
+
+    @classmethod
+    def _legacy(cls, p: Path, data: bytes) -> "OrdinalGrader":
+        import pickle
+        import sys
+
+        from lesiondet.engine.checkpoint import LEGACY_RISK
+
+        print(f"lesiondet: warning: {p}: unpickled with code execution (--trust-legacy); {LEGACY_RISK}",
+              file=sys.stderr)
+        try:
+            saved = pickle.loads(data)  # noqa: S301 - the user asked for it with --trust-legacy
+            old = saved["model"]
+            g = cls(old.C)
+            g.grades_ = np.asarray(old.grades_, int)
+            g.models_ = [m if isinstance(m, PlainLogistic) else PlainLogistic.from_sklearn(m) for m in old.models_]
+            return g
+        except Exception:  # noqa: BLE001 - whatever the pickle holds, it is not a grader
+            raise LesiondetError(p, "not a lesiondet grader model", "fit one with --fit LABELS.csv") from None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         gt = np.stack([m.predict_proba(X)[:, 1] for m in self.models_], 1)  # P(y > k)
@@ -133,7 +194,7 @@ def grade_agreement(reference: Sequence[VocRecord], predicted: Sequence[VocRecor
 def plot_confusion(path: str | Path, y_true: Sequence[int], y_pred: Sequence[int], title: str) -> Path:
     from sklearn.metrics import confusion_matrix
 
-    from .report import plot_confusion_matrix
+    from lesiondet.reporting.plots import plot_confusion_matrix
 
     cm = confusion_matrix(y_true, y_pred, labels=list(range(5)))
     return plot_confusion_matrix(path, cm, [str(g) for g in range(5)], title, "predicted grade", "reference grade")

@@ -12,9 +12,7 @@ are ``CLASS-PATIENT-N.jpeg``; splits keep each patient on one side.
 from __future__ import annotations
 
 import csv
-import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,13 +23,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import LesiondetError
-from .images import read_rgb
-from .progress import progress as progress_bar
-from .voc import IMAGE_SUFFIXES
+from lesiondet.engine.trainer import Phase
+from lesiondet.nn.logistic import PlainLogistic
+
+from lesiondet.errors import LesiondetError
+from lesiondet.images import read_rgb
+from lesiondet.progress import progress as progress_bar
+from lesiondet.io.voc import IMAGE_SUFFIXES
 
 OCT_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
-OCT_FORMAT = "lesiondet-oct/1"
+OCT_FORMAT = "lesiondet-oct/2"  # 1: lesiondet 0.1, sklearn objects inside
 ARCHS = ("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -79,7 +80,7 @@ def read_oct_data(source: str | Path, classes: Sequence[str] | None = None) -> l
     src = Path(source)
     samples: list[OctSample] = []
     if src.is_dir():
-        from .fileio import list_dir
+        from lesiondet.fileio import list_dir
 
         for d in (p for p in list_dir(src) if p.is_dir()):
             for f in list_dir(d):
@@ -180,7 +181,7 @@ class OctNet(nn.Module):
         if arch == "efficientnet_lite0":
             if pretrained == "torchvision":
                 raise LesiondetError(None, "torchvision has no EfficientNet-Lite0 weights", "use imagenet or none")
-            from .backbones import efficientnet_lite0
+            from lesiondet.nn.backbones import efficientnet_lite0
 
             net = efficientnet_lite0(pretrained == "imagenet")
             net.reset_classifier(0)
@@ -200,7 +201,7 @@ class OctNet(nn.Module):
 def _torchvision_body(arch: str, pretrained: str) -> tuple[nn.Module, int]:
     import torchvision.models as tvm
 
-    from .backbones import require_cached
+    from lesiondet.nn.backbones import require_cached
 
     if pretrained == "imagenet":
         raise LesiondetError(None, f"offline ImageNet weights exist only for efficientnet_lite0, not {arch}",
@@ -228,27 +229,6 @@ def class_weights(samples: Sequence[OctSample], classes: Sequence[str]) -> torch
 
 
 # --------------------------------------------------------------------------- training
-def _run_epoch(model, loader, loss_fn, device, opt=None, scaler=None, use_amp=False, desc=""):
-    train = opt is not None
-    model.train(train)
-    total, n, correct = 0.0, 0, 0
-    with torch.set_grad_enabled(train):
-        for x, y in progress_bar(loader, desc=desc or "", enabled=bool(desc)):
-            x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            if train:
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            total += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-    return total / max(n, 1), correct / max(n, 1)
-
-
 @torch.inference_mode()
 def extract_features(model: OctNet, samples: Sequence[OctSample], size: int, device: torch.device,
                      batch: int = 16) -> np.ndarray:
@@ -259,15 +239,15 @@ def extract_features(model: OctNet, samples: Sequence[OctSample], size: int, dev
         if len(samples) else np.zeros((0, model.head.in_features))
 
 
-def fit_linear_head(features: np.ndarray, labels: Sequence[str], classes: Sequence[str]):
-    """Standardised features → class-balanced multinomial logistic regression (scikit-learn)."""
+def fit_linear_head(features: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> PlainLogistic:
+    """Standardised features → class-balanced multinomial logistic regression (scikit-learn), kept as arrays."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.array([list(classes).index(lab) for lab in labels])
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced"))
-    return clf.fit(features, y)
+    return PlainLogistic.from_sklearn(clf.fit(features, y))
 
 
 def linear_proba(clf, features: np.ndarray, n_classes: int) -> np.ndarray:
@@ -278,34 +258,95 @@ def linear_proba(clf, features: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+class OctTask:
+    """The fine-tuned head as the engine sees it: head first (backbone frozen), then everything."""
+
+    def __init__(self, model: OctNet, train_samples: Sequence[OctSample], val_samples: Sequence[OctSample],
+                 classes: Sequence[str], cfg: Mapping[str, Any], meta: dict[str, Any], device: torch.device) -> None:
+        self.model, self.cfg, self.classes, self._meta = model, cfg, list(classes), meta
+        self.loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_samples, classes).to(device),
+                                           label_smoothing=0.05)
+        self.dataset = OctDataset(train_samples, classes, transforms(cfg["size"], True))
+        # without validation scans, the training scans (unaugmented) stand in
+        self.val = DataLoader(OctDataset(val_samples or train_samples, classes, transforms(cfg["size"], False)),
+                              batch_size=cfg["batch"], num_workers=cfg["workers"])
+
+    def phases(self) -> list[Phase]:
+        def body(train: bool):
+            def set_(model: OctNet) -> None:
+                for q in model.body.parameters():
+                    q.requires_grad_(train)
+            return set_
+        c = self.cfg
+        return [Phase("head", int(c["head_epochs"]), float(c["lr_head"]), body(False), "adamw"),
+                Phase("all", int(c["epochs"]), float(c["lr_finetune"]), body(True), "adamw")]
+
+    def train_dataset(self) -> Dataset:
+        return self.dataset
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        x, y = batch[0].to(device), batch[1].to(device)
+        logits = model(x)
+        return {"loss": self.loss_fn(logits, y), "acc": (logits.argmax(1) == y).float().mean().detach()}
+
+    @torch.inference_mode()
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        model.eval()
+        total, correct, n = 0.0, 0, 0
+        for x, y in self.val:
+            logits = model(x.to(device)).float()
+            total += float(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
+            correct += int((logits.argmax(1).cpu() == y).sum())
+            n += len(y)
+        return {"val_loss": total / max(n, 1), "val_acc": correct / max(n, 1)}
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float:
+        return -float(metrics["val_loss"])  # early stopping on validation loss, as the seeds do
+
+    def history_row(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        return dict(metrics)
+
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+
+def _resample(min_steps: int, batch: int):
+    """A few dozen scans make one or two steps an epoch; resample so each epoch moves the weights."""
+    def make(ds: Dataset, gen: torch.Generator) -> torch.utils.data.Sampler:
+        n_draw = max(len(ds), min_steps * batch)
+        return torch.utils.data.RandomSampler(ds, replacement=n_draw > len(ds), num_samples=n_draw, generator=gen)
+    return make
+
+
 def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSample], classes: Sequence[str],
               cfg: Mapping[str, Any], out_dir: str | Path, device: torch.device, heads: str = "both",
-              time_limit_min: float | None = None, log: Callable[[str], None] = print) -> dict:
+              time_limit_min: float | None = None, log: Callable[[str], None] = print,
+              resume: str | Path | None = None) -> dict:
     """Train the fine-tuned head and/or the linear head; writes ``best.pt``, ``metrics.csv``, ``curves.png``.
 
     Returns ``{"out_dir", "history", "val": {head: accuracy}}``.
     """
-    from .fileio import save_torch
-    from .report import write_metrics_csv
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+    from lesiondet.engine.rng import seed_everything
+    from lesiondet.engine.trainer import LoopConfig, Trainer
 
     cfg = {**DEFAULT_OCT, **cfg}
-    torch.manual_seed(int(cfg["seed"]))
-    np.random.seed(int(cfg["seed"]))
+    seed_everything(int(cfg["seed"]))
     out_dir = Path(out_dir)
     classes = list(classes)
-    model = OctNet(cfg["arch"], len(classes), cfg["pretrained"]).to(device)
-    ckpt: dict[str, Any] = {"format": OCT_FORMAT, "classes": classes, "config": cfg, "heads": {}}
+    model = OctNet(cfg["arch"], len(classes), cfg["pretrained"] if resume is None else "none").to(device)
+    meta: dict[str, Any] = {"format": OCT_FORMAT, "classes": classes, "config": cfg, "heads": {}}
     summary: dict[str, Any] = {"out_dir": str(out_dir), "history": [], "val": {}}
-    budget = None if time_limit_min is None else time_limit_min * 60
-    t0 = time.monotonic()
 
-    if heads in ("linear", "both"):
+    if resume is not None:
+        meta["heads"] = dict(load_checkpoint(resume)["heads"])
+    elif heads in ("linear", "both"):
         # Features of the pretrained backbone, before any fine-tuning changes it.
         feats = extract_features(model, train_samples, cfg["size"], device)
         clf = fit_linear_head(feats, [s.label for s in train_samples], classes)
         # Cloned: fine-tuning below changes the body's tensors in place.
         body = {k: v.detach().cpu().clone() for k, v in model.body.state_dict().items()}
-        ckpt["heads"]["linear"] = {"body": body, "clf": clf}
+        meta["heads"]["linear"] = {"body": body, "head": clf.to_dict()}
         if val_samples:
             vp = linear_proba(clf, extract_features(model, val_samples, cfg["size"], device), len(classes))
             acc = float(np.mean(vp.argmax(1) == [classes.index(s.label) for s in val_samples]))
@@ -313,79 +354,21 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
             log(f"linear head (logistic regression on frozen features): val accuracy {acc:.3f}")
 
     if heads in ("finetune", "both"):
-        w = class_weights(train_samples, classes).to(device)
-        loss_fn = nn.CrossEntropyLoss(weight=w, label_smoothing=0.05)
-        val_loss_fn = nn.CrossEntropyLoss()
-        gen = torch.Generator().manual_seed(int(cfg["seed"]))
-        train_ds = OctDataset(train_samples, classes, transforms(cfg["size"], True))
-        # A few dozen scans make one or two steps an epoch; resample so each epoch moves the weights.
-        n_draw = max(len(train_ds), int(cfg["min_steps"]) * int(cfg["batch"]))
-        sampler = torch.utils.data.RandomSampler(train_ds, replacement=n_draw > len(train_ds), num_samples=n_draw,
-                                                 generator=gen)
-        tl = DataLoader(train_ds, batch_size=cfg["batch"], sampler=sampler, num_workers=cfg["workers"],
-                        drop_last=n_draw > cfg["batch"])
-        vl = DataLoader(OctDataset(val_samples, classes, transforms(cfg["size"], False)), batch_size=cfg["batch"],
-                        num_workers=cfg["workers"])
-        use_amp = bool(cfg["amp"]) and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        best, best_state, bad, history = math.inf, None, 0, summary["history"]
-        stages = [("head", int(cfg["head_epochs"]), float(cfg["lr_head"])),
-                  ("all", int(cfg["epochs"]), float(cfg["lr_finetune"]))]
-        epoch = 0
-        for stage, n_epochs, lr in stages:
-            for p in model.body.parameters():
-                p.requires_grad_(stage == "all")
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, n_epochs))
-            bad = 0
-            for _ in range(n_epochs):
-                epoch += 1
-                tr_loss, tr_acc = _run_epoch(model, tl, loss_fn, device, opt, scaler, use_amp,
-                                             f"oct {stage} epoch {epoch}")
-                sched.step()
-                va_loss, va_acc = _run_epoch(model, vl, val_loss_fn, device) if val_samples else (tr_loss, tr_acc)
-                history.append({"epoch": epoch, "stage": stage, "time_s": round(time.monotonic() - t0, 1),
-                                "loss": tr_loss, "acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc})
-                improved = va_loss < best - 1e-4
-                if improved:
-                    best, bad = va_loss, 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    ckpt["heads"]["finetune"] = {"model": best_state, "epoch": epoch, "val_loss": va_loss,
-                                                 "val_acc": va_acc}
-                    save_torch(out_dir / "best.pt", ckpt)
-                else:
-                    bad += 1
-                write_metrics_csv(out_dir / "metrics.csv", history)
-                plot_oct_curves(out_dir / "curves.png", history)
-                log(f"epoch {epoch} ({stage})  loss {tr_loss:.3f}  val loss {va_loss:.3f}  val acc {va_acc:.3f}"
-                    + ("  *best*" if improved else ""))
-                if budget is not None and time.monotonic() - t0 > budget:
-                    log(f"time limit of {time_limit_min:g} min reached")
-                    break
-                if stage == "all" and bad >= int(cfg["patience"]):
-                    log(f"early stop: validation loss has not improved for {bad} epochs")
-                    break
-            if budget is not None and time.monotonic() - t0 > budget:
-                break
-        if best_state is not None:
-            model.load_state_dict(best_state)  # early stopping restores the best weights
-            summary["val"]["finetune"] = ckpt["heads"]["finetune"]["val_acc"]
-    ckpt["default_head"] = "finetune" if "finetune" in ckpt["heads"] else "linear"
-    save_torch(out_dir / "best.pt", ckpt)
+        meta["heads"]["finetune"] = {}
+        meta["default_head"] = "finetune"
+        task = OctTask(model, train_samples, val_samples, classes, cfg, meta, device)
+        loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]),
+                          workers=int(cfg["workers"]), amp=bool(cfg["amp"]), seed=int(cfg["seed"]),
+                          patience=int(cfg["patience"]), sampler=_resample(int(cfg["min_steps"]), int(cfg["batch"])))
+        result = Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log).fit(resume)
+        summary["history"] = result["history"]
+        if result["history"] and val_samples:
+            best = max(result["history"], key=lambda r: -r["val_loss"])
+            summary["val"]["finetune"] = best["val_acc"]
+    else:
+        meta["default_head"] = "linear"
+        save_checkpoint(out_dir / "best.pt", meta)
     return summary
-
-
-def plot_oct_curves(path: str | Path, rows: Sequence[dict]) -> Path:
-    from .report import pyplot, save_figure
-
-    ep = [r["epoch"] for r in rows]
-    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.4))
-    a.plot(ep, [r["loss"] for r in rows], label="train"), a.plot(ep, [r["val_loss"] for r in rows], label="val")
-    a.set_title("loss"), a.set_xlabel("epoch"), a.legend()
-    b.plot(ep, [r["acc"] for r in rows], label="train"), b.plot(ep, [r["val_acc"] for r in rows], label="val")
-    b.set_title("accuracy"), b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend()
-    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- inference and metrics
@@ -397,13 +380,15 @@ class OctClassifier:
     {'CNV': 0.91, 'DME': 0.05, 'DRUSEN': 0.03, 'NORMAL': 0.01}
     """
 
-    def __init__(self, weights: str | Path, head: str | None = None, device: str = "auto") -> None:
-        from .device import resolve_device
-        from .model import load_checkpoint
-        from .errors import CheckpointError
+    def __init__(self, weights: str | Path, head: str | None = None, device: str = "auto",
+                 trust_legacy: bool = False) -> None:
+        from lesiondet.device import resolve_device
+        from lesiondet.engine.checkpoint import load_checkpoint
+        from lesiondet.errors import CheckpointError
 
-        ck = load_checkpoint(str(weights))
-        if not isinstance(ck, Mapping) or ck.get("format") != OCT_FORMAT:
+        ck = load_checkpoint(weights, trust_legacy=trust_legacy)
+        legacy = isinstance(ck, Mapping) and ck.get("format") == "lesiondet-oct/1"
+        if not isinstance(ck, Mapping) or (ck.get("format") != OCT_FORMAT and not legacy):
             raise CheckpointError(weights, "not a lesiondet OCT checkpoint", "pass best.pt from 'lesiondet oct train'")
         self.classes = list(ck["classes"])
         self.head = head or ck["default_head"]
@@ -416,13 +401,14 @@ class OctClassifier:
         h = ck["heads"][self.head]
         try:
             if self.head == "finetune":
-                self.model.load_state_dict(h["model"])
+                self.model.load_state_dict(h["model"] if legacy else ck["model"])
             else:
                 self.model.body.load_state_dict(h["body"])
         except RuntimeError:
             raise CheckpointError(weights, "weights do not match the model they describe",
                                   "retrain, or use the lesiondet version that wrote it") from None
-        self.clf = h.get("clf")
+        # lesiondet 0.1 kept the scikit-learn pipeline itself (loaded only with trust_legacy)
+        self.clf = PlainLogistic.from_dict(h["head"]) if "head" in h else h.get("clf")
         self.model.to(self.device).eval()
         self.tf = transforms(self.cfg["size"], False)
 
@@ -472,7 +458,7 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
 
 def plot_prediction(path: str | Path, img: np.ndarray, probs: Mapping[str, float], title: str) -> Path:
     """The scan beside a bar chart of class probabilities."""
-    from .report import pyplot, save_figure
+    from lesiondet.reporting.plots import pyplot, save_figure
 
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
     a.imshow(img), a.axis("off"), a.set_title(title, fontsize=9)

@@ -1,7 +1,6 @@
 """``Predictor``: a trained checkpoint turned into detections for image files or arrays."""
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,15 +9,16 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .data import fit_to, to_tensor
-from .device import resolve_device
-from .errors import LesiondetError
-from .images import read_rgb
-from .model import detector_from_checkpoint, load_checkpoint
-from .progress import progress as progress_bar
-from .tiling import (big_enough, drop_cut_boxes, fov_share, low_res_fov, merge_detections, resolve_tiling,
-                     should_slice, slice_windows, window_size)
-from .voc import VocObject, VocRecord
+from lesiondet.detection.data import fit_to, to_tensor
+from lesiondet.device import resolve_device
+from lesiondet.errors import LesiondetError
+from lesiondet.images import read_rgb
+from lesiondet.detection.model import detector_from_checkpoint
+from lesiondet.engine.checkpoint import load_checkpoint
+from lesiondet.progress import progress as progress_bar
+from lesiondet.detection.slicing import (big_enough, fov_share, low_res_fov, resolve_tiling, should_slice, slice_windows, window_size)
+from lesiondet.detection.merging import drop_cut_boxes, merge_detections
+from lesiondet.io.voc import VocObject, VocRecord
 
 
 def detections_from_output(out: dict, classes: Sequence[str], score: float) -> list[VocObject]:
@@ -30,34 +30,50 @@ def detections_from_output(out: dict, classes: Sequence[str], score: float) -> l
     return [VocObject(classes[lab - 1], tuple(b), False, s) for b, s, lab in zip(boxes, scores, labels)]
 
 
-@contextlib.contextmanager
-def input_size(model: torch.nn.Module, min_size: int, max_size: int) -> Iterator[None]:
-    """Temporarily change the size torchvision's transform resizes inputs to."""
-    t = model.transform
-    old = t.min_size, t.max_size
-    t.min_size, t.max_size = (int(min_size),), int(max_size)
-    try:
-        yield
-    finally:
-        t.min_size, t.max_size = old
+def to_model_scale(image: torch.Tensor, side: float | None = None, zoom: float | None = None
+                   ) -> tuple[torch.Tensor, float, float]:
+    """``image`` (C, H, W) scaled as torchvision's detection transform scales it; returns it and the x, y ratios.
 
-
-@contextlib.contextmanager
-def score_threshold(model: torch.nn.Module, score: float) -> Iterator[None]:
-    """Let the model return detections down to ``score``, whatever threshold it was built with.
-
-    NMS, the NMS merge across tiles and nested-box suppression are greedy by
-    score, so boxes below ``score`` never change the boxes above it: cutting
-    them inside the model is exact, and saves work. Weighted box fusion then
-    fuses only boxes above ``score`` (its "skip threshold").
+    With ``side`` the image is scaled so it fits a ``side`` square (a tile of
+    ``tile / zoom`` source pixels becomes ``tile``); with ``zoom``, by that
+    factor. Done here rather than inside the network, so the network (and its
+    ONNX export) takes inputs at model scale and has no size switch to patch.
     """
-    heads = model.roi_heads
-    old = heads.score_thresh
-    heads.score_thresh = float(score)
-    try:
-        yield
-    finally:
-        heads.score_thresh = old
+    h, w = image.shape[-2:]
+    scale = float(zoom) if zoom is not None else min(float(side) / min(h, w), float(side) / max(h, w))
+    if scale == 1.0:
+        return image, 1.0, 1.0
+    out = torch.nn.functional.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
+                                          recompute_scale_factor=True, align_corners=False)[0]
+    return out, out.shape[-1] / w, out.shape[-2] / h
+
+
+class AtModelScale:
+    """A network behind the resize step: each input is scaled (``to_model_scale``), the boxes mapped back.
+
+    The network itself (PyTorch or an exported ONNX file) takes images at model
+    scale and has no size switch; this wrapper is built once per prediction set-up
+    with the tile side (sliced inference) or the zoom (one pass, ``slice: false``).
+    """
+
+    def __init__(self, network: Any, side: int | None = None, zoom: float | None = None) -> None:
+        self.network, self.side, self.zoom = network, side, zoom
+
+    def eval(self) -> "AtModelScale":
+        self.network.eval()
+        return self
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[dict]:
+        scaled = [to_model_scale(im, self.side, self.zoom) for im in images]
+        outs = self.network([x for x, _, _ in scaled])
+        return [_unscale(o, rx, ry) for o, (_, rx, ry) in zip(outs, scaled)]
+
+
+def _unscale(out: dict, rx: float, ry: float) -> dict:
+    if rx != 1.0 or ry != 1.0:
+        r = torch.tensor([rx, ry, rx, ry], dtype=out["boxes"].dtype, device=out["boxes"].device)
+        out = {**out, "boxes": out["boxes"] / r}
+    return out
 
 
 @torch.inference_mode()
@@ -67,14 +83,12 @@ def predict_tiles(model: torch.nn.Module, tiles: Sequence[tuple[np.ndarray, VocR
     model.eval()
     out: list[VocRecord] = []
     b = int(tiling["batch"])
-    with input_size(model, tiling["tile"], tiling["tile"]), score_threshold(model, score):
-        for i in range(0, len(tiles), b):
-            chunk = tiles[i:i + b]
-            for (_, rec), o in zip(chunk, forward(model, [to_tensor(img).to(device) for img, _ in chunk],
-                                                  tiling["tta"])):
-                if tiling["tta"]:  # the two views of a tile overlap entirely: merge them as a sliced image would be
-                    o = merge_passes(o["boxes"], o["scores"], o["labels"], tiling)
-                out.append(rec.with_objects(detections_from_output(o, classes, score)))
+    for i in range(0, len(tiles), b):
+        chunk = tiles[i:i + b]
+        for (_, rec), o in zip(chunk, forward(model, [to_tensor(img).to(device) for img, _ in chunk], tiling["tta"])):
+            if tiling["tta"]:  # the two views of a tile overlap entirely: merge them as a sliced image would be
+                o = merge_passes(o["boxes"], o["scores"], o["labels"], tiling)
+            out.append(rec.with_objects(detections_from_output(o, classes, score)))
     return out
 
 
@@ -149,20 +163,17 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
         parts.append((b, s, lab))
 
     sliced = should_slice(w, h, t)
-    if t["slice"] is False:
-        z = float(t["zoom"])
-        with input_size(model, round(min(h, w) * z), round(max(h, w) * z)):
-            add(forward(model, [to_tensor(img).to(device)], t["tta"])[0])
+    if t["slice"] is False:  # one pass: the network must be the one Predictor builds for slice=False
+        add(forward(model, [to_tensor(img).to(device)], t["tta"])[0])
     else:
-        with input_size(model, t["tile"], t["tile"]):  # a --tile override must reach the model too
-            if sliced:
-                _tile_passes(model, img, t, device, add)
-            if t["full_pass"] or not sliced:
-                small, s = fit_to(img, t["tile"])
-                o = forward(model, [to_tensor(small).to(device)], t["tta"])[0]
-                # When sliced, small objects are the tiles' job; in this view they are a few blurred pixels.
-                keep = torch.from_numpy(big_enough(o["boxes"].cpu().numpy(), t["full_min_px"])) if sliced else None
-                add(o, s, keep=keep)
+        if sliced:
+            _tile_passes(model, img, t, device, add)
+        if t["full_pass"] or not sliced:
+            small, s = fit_to(img, t["tile"])
+            o = forward(model, [to_tensor(small).to(device)], t["tta"])[0]
+            # When sliced, small objects are the tiles' job; in this view they are a few blurred pixels.
+            keep = torch.from_numpy(big_enough(o["boxes"].cpu().numpy(), t["full_min_px"])) if sliced else None
+            add(o, s, keep=keep)
     boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 4)
     scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
     labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
@@ -178,32 +189,24 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
 
 @torch.inference_mode()
 def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classes: Sequence[str],
-                    device: torch.device, score: float = 0.001, batch: int = 2,
-                    tiling: Mapping[str, Any] | None = None, progress: bool = False) -> list[VocRecord]:
-    """Run ``model`` on each record's image; returns the records with predicted objects.
+                    device: torch.device, score: float = 0.001, tiling: Mapping[str, Any] | None = None,
+                    progress: bool = False) -> list[VocRecord]:
+    """Run ``model`` on each record's image through ``sliced_predict``; returns the records with predictions.
 
-    With ``tiling`` (what a lesiondet checkpoint stores) each image goes through
-    ``sliced_predict``; without it, whole images are batched as torchvision does.
+    ``tiling`` is what the checkpoint stores (``slicing.DEFAULT_TILING`` when None).
     """
     model.eval()
+    tiling = tiling if tiling is not None else resolve_tiling(None)
     records = list(records)
     out: list[VocRecord] = []
-    with score_threshold(model, score), progress_bar(total=len(records), desc="predict", enabled=progress) as bar:
-        if tiling is not None:
-            # decode the next image while this one is predicted, as detect does
-            for r, (_, img) in zip(records, read_ahead(r.image_path for r in records)):
-                if isinstance(img, LesiondetError):
-                    raise img
-                o = sliced_predict(model, img, tiling, device)
-                out.append(r.with_objects(detections_from_output(o, classes, score)))
-                bar.update()
-            return out
-        for i in range(0, len(records), batch):
-            chunk = records[i:i + batch]
-            imgs = [to_tensor(read_rgb(r.image_path)).to(device) for r in chunk]
-            for r, o in zip(chunk, model(imgs)):
-                out.append(r.with_objects(detections_from_output(o, classes, score)))
-            bar.update(len(chunk))
+    with progress_bar(total=len(records), desc="predict", enabled=progress) as bar:
+        # decode the next image while this one is predicted, as detect does
+        for r, (_, img) in zip(records, read_ahead(r.image_path for r in records)):
+            if isinstance(img, LesiondetError):
+                raise img
+            o = sliced_predict(model, img, tiling, device)
+            out.append(r.with_objects(detections_from_output(o, classes, score)))
+            bar.update()
     return out
 
 
@@ -238,45 +241,61 @@ def read_ahead(paths: Iterable[str | Path], read=read_rgb, depth: int = 2
             yield q, fut.result()
 
 
-def checkpoint_tiling(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, Any] | None:
-    """The tiling a checkpoint was trained with, with CLI overrides; None for untiled checkpoints."""
-    if ckpt.get("tiling") is None:
-        return None
-    return resolve_tiling({**ckpt["tiling"], **{k: v for k, v in overrides.items() if v is not None}})
+def checkpoint_tiling(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The tiling a checkpoint was trained with, with overrides (None: keep the checkpoint's)."""
+    return resolve_tiling({**(ckpt.get("tiling") or {}), **{k: v for k, v in overrides.items() if v is not None}})
 
 
 class Predictor:
-    """Load a checkpoint once, then detect lesions in images.
+    """Load a checkpoint (``.pt``) or an exported network (``.onnx``) once, then detect lesions in images.
+
+    Every test-time switch is an argument here: ``score``, and slicing overrides
+    (``tile=``, ``overlap=``, ``slice=``, ``merge=``, ``nested_ios=``, ``tta=``). The
+    network is built for them once; nothing is changed on it afterwards.
 
     >>> p = Predictor("runs/train/best.pt")           # doctest: +SKIP
     >>> rec = p.predict("fundus.jpg")                 # doctest: +SKIP
     >>> [(o.label, o.score) for o in rec.objects]     # doctest: +SKIP
     """
 
-    def __init__(self, weights: str | Path, device: str = "auto", score: float = 0.3,
-                 **tiling: Any) -> None:
+    def __init__(self, weights: str | Path, device: str = "auto", score: float = 0.3, *,
+                 trust_legacy: bool = False, **tiling: Any) -> None:
         self.weights = Path(weights)
-        self.device = resolve_device(device)
-        ckpt = load_checkpoint(str(self.weights))
-        self.model, self.classes = detector_from_checkpoint(ckpt, str(self.weights))
-        self.model.to(self.device).eval()
         self.score = score
+        if self.weights.suffix.lower() == ".onnx":
+            from lesiondet.export.onnx import OnnxDetector
+
+            self.device = torch.device("cpu")
+            self.network = OnnxDetector(self.weights, score)
+            ckpt = self.network.meta
+            self.classes = list(ckpt["classes"])
+        else:
+            self.device = resolve_device(device)
+            ckpt = load_checkpoint(self.weights, trust_legacy=trust_legacy)
+            self.network, self.classes = detector_from_checkpoint(ckpt, str(self.weights), input_size=None,
+                                                                  score_thresh=score)
+            self.network.to(self.device).eval()
         self.config = ckpt.get("config", {})
-        #: Slicing settings from training, overridable (``tile=``, ``overlap=``, ``slice=``, ``merge=`` ...).
+        self.label_map = dict(ckpt["label_map"])
+        #: Slicing settings from training, with the overrides given here.
         self.tiling = checkpoint_tiling(ckpt, **tiling)
+        #: The network behind the resize step these settings call for: tiles and the whole-image view are
+        #: scaled to the tile, a single pass (slice: false) by the zoom.
+        self.model = (AtModelScale(self.network, zoom=float(self.tiling["zoom"])) if self.tiling["slice"] is False
+                      else AtModelScale(self.network, side=int(self.tiling["tile"])))
 
     @torch.inference_mode()
     def predict_array(self, img: np.ndarray, image_path: str | Path = "image") -> VocRecord:
-        with score_threshold(self.model, self.score):
-            if self.tiling is not None:
-                out = sliced_predict(self.model, img, self.tiling, self.device)
-            else:
-                out = self.model([to_tensor(img).to(self.device)])[0]
+        out = sliced_predict(self.model, img, self.tiling, self.device)
         h, w = img.shape[:2]
         return VocRecord(Path(image_path), w, h, tuple(detections_from_output(out, self.classes, self.score)))
 
     def predict(self, path: str | Path) -> VocRecord:
         return self.predict_array(read_rgb(path), path)
+
+    def predict_records(self, records: Iterable[VocRecord], progress: bool = False) -> list[VocRecord]:
+        """Predictions for the images of ``records`` (e.g. ground truth to score), decoded ahead."""
+        return predict_records(self.model, records, self.classes, self.device, self.score, self.tiling, progress)
 
     def predict_paths(self, paths: Iterable[str | Path], depth: int = 2
                       ) -> Iterator[tuple[Path, np.ndarray | None, VocRecord | LesiondetError]]:

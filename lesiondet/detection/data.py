@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import ImageError
-from .images import read_rgb
-from .labels import LabelMap
-from .tiling import (big_enough, crop_objects, low_res_fov, sample_window, samples_per_image, should_slice,
-                     window_size)
-from .voc import VocObject, VocRecord
+from lesiondet.errors import ImageError
+from lesiondet.images import read_rgb
+from lesiondet.io.labels import LabelMap
+from lesiondet.detection.slicing import (big_enough, crop_objects, low_res_fov, sample_window, samples_per_image, should_slice, window_size)
+from lesiondet.io.voc import VocObject, VocRecord
 
 DEFAULT_AUGMENT: dict[str, Any] = {
     "hflip": 0.5,
@@ -46,26 +45,6 @@ def train_transforms(aug: Mapping[str, Any] | None = None) -> A.Compose:
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
                                  min_visibility=a["min_visibility"], clip=True),
     )
-
-
-def seed_augment(tf: A.Compose, seed: int) -> None:
-    """Draw every augmentation from one stream seeded with ``seed``.
-
-    Albumentations keeps its own generators, untouched by ``np.random.seed``;
-    one shared stream (rather than ``Compose.set_random_seed``, which gives each
-    transform the same seed and so flips horizontally exactly when it flips
-    vertically) makes runs repeatable and lets ``last.pt`` carry the state.
-    """
-    tf.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def augment_state(tf: A.Compose) -> dict[str, Any]:
-    return {"numpy": tf.random_generator.bit_generator.state, "python": tf.py_random.getstate()}
-
-
-def set_augment_state(tf: A.Compose, state: Mapping[str, Any]) -> None:
-    tf.random_generator.bit_generator.state = state["numpy"]
-    tf.py_random.setstate(state["python"])
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

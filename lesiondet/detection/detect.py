@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 
-from .errors import LesiondetError
-from .fileio import write_json, write_text
-from .grade import Grade, GradingConfig, grade
-from .infer import Predictor
-from .progress import progress
-from .report import detections_json, draw, write_png
-from .voc import VocRecord, write_voc
+from lesiondet.errors import LesiondetError
+from lesiondet.fileio import write_json, write_text
+from lesiondet.grading.rules import Grade, GradingConfig, grade
+from lesiondet.detection.predict import Predictor
+from lesiondet.progress import progress
+from lesiondet.reporting.draw import detections_json, draw, write_png
+from lesiondet.io.voc import VocRecord, write_voc
 
 
 @dataclass
@@ -48,7 +48,7 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
     A file that cannot be read is recorded in ``failures`` (and ``failures.txt``)
     and the run goes on. Every file is written atomically.
     """
-    from .fundus import fov_mask
+    from lesiondet.grading.anatomy import fov_mask
 
     out = Path(out)
     paths = [Path(p) for p in paths]
@@ -56,7 +56,7 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
         grading = GradingConfig()
     writer_report = None
     if report:
-        from .htmlreport import ReportWriter
+        from lesiondet.reporting.html import ReportWriter
 
         writer_report = ReportWriter(out / "report.html", predictor.classes, "lesiondet detect",
                                      {"weights": predictor.weights, "score threshold": predictor.score,

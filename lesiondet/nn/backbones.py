@@ -7,16 +7,15 @@ torchvision backbones are there for users who have their weights cached.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .errors import LesiondetError
+from lesiondet.errors import LesiondetError
 
 #: Output channels and stride of each timm ``blocks[i]`` stage of EfficientNet-Lite0.
 LITE0_STAGES = {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16), 5: (192, 32), 6: (320, 32)}
@@ -76,15 +75,18 @@ class Lite0Features(nn.Module):
         last = max(stages)
         self.blocks = nn.ModuleList(model.blocks[: last + 1])
         self.stages = tuple(stages)
+        # block i's position among the returned stages, -1 when not returned (a plain list: TorchScript-friendly)
+        self.stage_of: list[int] = [list(stages).index(i) if i in stages else -1 for i in range(last + 1)]
         self.register_buffer("scales", torch.tensor([LITE0_FEATURE_SCALE[s] for s in stages]), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        out = OrderedDict()
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in self.stages:
-                out[str(i)] = x * self.scales[self.stages.index(i)]
+            k = self.stage_of[i]
+            if k >= 0:
+                out[str(i)] = x * self.scales[k]
         return out
 
 
@@ -95,7 +97,7 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.fpn(self.body(x))
 
 

@@ -1,0 +1,1 @@
+"""Exporting the per-tile network: ONNX and TorchScript."""

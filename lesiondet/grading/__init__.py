@@ -1,0 +1,1 @@
+"""DR grading: fundus anatomy, the ICDR rules and the learned graders."""

@@ -1,0 +1,1 @@
+"""Reading and writing annotations: labelImg VOC, label maps, training sources."""

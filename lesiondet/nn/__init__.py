@@ -1,0 +1,1 @@
+"""Networks shared by every task: the offline ImageNet backbones."""

@@ -1,0 +1,1 @@
+"""OCT B-scans: classification (CNV / DME / DRUSEN / NORMAL)."""

@@ -1,0 +1,1 @@
+"""What people look at: drawings, plots and the HTML report."""

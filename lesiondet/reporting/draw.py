@@ -1,0 +1,65 @@
+"""What people look at: annotated images, curves and JSON."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lesiondet.fileio import atomic_path
+from lesiondet.io.voc import VocRecord
+
+#: RGB colour per class, chosen to stand out on an orange-red fundus.
+COLOURS = {"MA": (0, 255, 255), "HE": (0, 90, 255), "EX": (255, 255, 0), "SE": (255, 255, 255),
+           "OD": (0, 255, 0), "HE_MA": (255, 0, 255)}
+FALLBACK = [(255, 128, 0), (128, 255, 0), (0, 128, 255), (255, 0, 128)]
+
+
+def colour(label: str) -> tuple[int, int, int]:
+    return COLOURS.get(label, FALLBACK[hash(label) % len(FALLBACK)])
+
+
+def draw(img: np.ndarray, record: VocRecord, thickness: int | None = None) -> np.ndarray:
+    """Boxes with class and score on a copy of an RGB image, plus a legend."""
+    out = img.copy()
+    h, w = out.shape[:2]
+    t = thickness or max(1, round(max(h, w) / 800))
+    pad = t + 1  # draw just outside the box so tiny lesions stay visible
+    font = max(0.35, max(h, w) / 1600)
+    for o in sorted(record.objects, key=lambda o: o.score or 0):
+        x0, y0, x1, y1 = (int(round(v)) for v in o.box)
+        c = colour(o.label)
+        cv2.rectangle(out, (x0 - pad, y0 - pad), (x1 + pad - 1, y1 + pad - 1), c, t)
+        text = o.label if o.score is None else f"{o.label} {o.score:.2f}"
+        # Text only where it fits beside the box; colour and the legend say the rest on busy images.
+        if o.label == "OD" or (o.width >= 60 * font and len(record.objects) <= 100):
+            cv2.putText(out, text, (x0, max(10, y0 - pad - 2)), cv2.FONT_HERSHEY_SIMPLEX, font, c, t, cv2.LINE_AA)
+    counts = Counter(o.label for o in record.objects)
+    y = int(20 * font / 0.5)
+    for label, n in sorted(counts.items()):
+        cv2.putText(out, f"{label}: {n}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, font * 1.2, colour(label), t + 1,
+                    cv2.LINE_AA)
+        y += int(24 * font / 0.5)
+    return out
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return Path(path)
+
+
+def detections_json(record: VocRecord) -> dict:
+    """The per-image JSON document ``lesiondet detect`` writes (boxes 0-based x0,y0,x1,y1)."""
+    return {
+        "image": str(record.image_path),
+        "width": record.width,
+        "height": record.height,
+        "counts": dict(sorted(Counter(o.label for o in record.objects).items())),
+        "detections": [{"label": o.label, "score": None if o.score is None else round(o.score, 4),
+                        "box": [round(v, 1) for v in o.box]} for o in record.objects],
+    }
