@@ -14,6 +14,9 @@ One run, one model, one thread count, the same image files for every row:
    and the process CPU time / wall time (about 2.0 when both cores are busy).
 3. **sliced**: ``sliced_predict`` on decoded images divided by the same tiles (and the
    whole-image pass) run through the model as plain batches. Target <= 1.3.
+4. **onnxruntime**: the per-tile network exported by ``lesiondet export`` and run by onnxruntime
+   on the CPU with the same thread count: the same tiles one by one against eager PyTorch one by
+   one, and sliced inference end to end (``Predictor`` on the ``.onnx`` against the ``.pt``).
 
 Without ``--weights`` the model is the default architecture with the offline ImageNet backbone
 and untrained heads: every tile then returns its maximum of boxes, the worst case for merging.
@@ -39,7 +42,8 @@ import torch  # noqa: E402
 from lesiondet.detection.data import fit_to, to_tensor  # noqa: E402
 from lesiondet.detection.detect import detect_files  # noqa: E402
 from lesiondet.images import read_rgb  # noqa: E402
-from lesiondet.detection.predict import Predictor, input_size, sliced_predict, tile_windows  # noqa: E402
+from lesiondet.detection.predict import Predictor, sliced_predict, tile_windows  # noqa: E402
+from lesiondet.export.onnx import OnnxDetector, export  # noqa: E402
 from lesiondet.io.voc import IMAGE_SUFFIXES  # noqa: E402
 
 
@@ -55,8 +59,8 @@ def fresh_checkpoint(path: Path, tile: int) -> Path:
     from lesiondet.detection.slicing import resolve_tiling
 
     lm = default_label_map()
-    arch = resolve_arch({"min_size": tile, "max_size": tile})
-    model = build_detector(len(lm.classes) + 1, arch)
+    arch = resolve_arch(None)
+    model = build_detector(len(lm.classes) + 1, arch, input_size=tile)
     torch.save({"format": CHECKPOINT_FORMAT, "classes": list(lm.classes), "label_map": lm.to_dict(), "arch": arch,
                 "tiling": resolve_tiling({"tile": tile, "zoom": 1}), "model": model.state_dict()}, path)
     return path
@@ -75,18 +79,16 @@ def timed(fn) -> tuple[float, float, object]:
 
 
 @torch.inference_mode()
-def raw_calls(model, tensors) -> None:
+def raw_calls(network, tensors) -> None:
+    """One call per image at its native size (the inference network does not resize)."""
     for x in tensors:
-        h, w = x.shape[1:]
-        with input_size(model, min(h, w), max(h, w)):
-            model([x])
+        network([x])
 
 
 @torch.inference_mode()
-def tile_batches(model, batches, tile: int) -> None:
-    with input_size(model, tile, tile):
-        for b in batches:
-            model(b)
+def tile_batches(network, batches) -> None:
+    for b in batches:
+        network(b)
 
 
 def main() -> None:
@@ -108,19 +110,19 @@ def main() -> None:
 
     plain = Predictor(weights, "cpu", score=0.3, slice=False)  # the same single call as the raw row
     sliced = Predictor(weights, "cpu", score=0.3)
-    model, t = plain.model, sliced.tiling
+    network, model, t = plain.network, sliced.model, sliced.tiling
     print(f"{len(files)} images from {a.images} ({read_rgb(files[0]).shape[1]}x{read_rgb(files[0]).shape[0]} "
           f"first), {a.threads} torch threads, tile {t['tile']}, weights {a.weights or 'fresh (untrained heads)'}",
           file=sys.stderr)
 
     # warm-up: allocator, kernels, file cache
     img0 = read_rgb(files[0])
-    raw_calls(model, [to_tensor(img0)])
+    raw_calls(network, [to_tensor(img0)])
     sliced_predict(model, img0, t, torch.device("cpu"))
 
     decode_s, _, imgs = timed(lambda: [read_rgb(p) for p in files])
     tensors = [to_tensor(im) for im in imgs]
-    raw_s, raw_cpu, _ = timed(lambda: raw_calls(model, tensors))
+    raw_s, raw_cpu, _ = timed(lambda: raw_calls(network, tensors))
     outs = []
     for name, ahead in (("pipeline", 2), ("pipeline_inline", 0)):
         out = tmp / name
@@ -139,7 +141,21 @@ def main() -> None:
         n_tiles += len(tiles)
         batches += [tiles[i:i + int(t["batch"])] for i in range(0, len(tiles), int(t["batch"]))]
         batches.append([to_tensor(fit_to(im, t["tile"])[0])])  # the whole-image pass
-    tiles_s, _, _ = timed(lambda: tile_batches(model, batches, t["tile"]))
+    tiles_s, _, _ = timed(lambda: tile_batches(network, batches))
+
+    # 4. onnxruntime against eager PyTorch: the same tiles one at a time (the exported graph takes one
+    # image), then sliced inference end to end through the same Predictor code
+    onnx_path = export(weights, "onnx", tmp / "net.onnx")
+    ort_net = OnnxDetector(onnx_path, score=0.3, threads=a.threads)
+    singles = [[x] for b in batches for x in b]
+    ort_net(singles[0]), network(singles[0])  # warm-up
+    eager1_s, _, _ = timed(lambda: tile_batches(network, singles))
+    ort1_s, _, _ = timed(lambda: tile_batches(ort_net, singles))
+    onnx_pred = Predictor(onnx_path, score=0.3)
+    onnx_pred.network = ort_net  # the same thread count as torch
+    onnx_pred.model.network = ort_net
+    ort_sliced_s, _, _ = timed(lambda: [onnx_pred.predict_array(im) for im in imgs])
+    pt_sliced_s, _, _ = timed(lambda: [sliced.predict_array(im) for im in imgs])
 
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -152,6 +168,10 @@ def main() -> None:
         "pipeline_target": 1.05 * raw_s + decode_s, "pipeline_met": pipe_s <= 1.05 * raw_s + decode_s,
         "sliced_s": sliced_s, "tiles_s": tiles_s, "tiles": n_tiles, "sliced_over_tiles": sliced_s / tiles_s,
         "sliced_met": sliced_s <= 1.3 * tiles_s, "detections_written": n_det,
+        "eager_tiles_one_by_one_s": eager1_s, "onnxruntime_tiles_one_by_one_s": ort1_s,
+        "onnxruntime_over_eager_tiles": ort1_s / eager1_s,
+        "eager_sliced_predict_s": pt_sliced_s, "onnxruntime_sliced_predict_s": ort_sliced_s,
+        "onnxruntime_over_eager_sliced": ort_sliced_s / pt_sliced_s,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "result.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -166,7 +186,13 @@ def main() -> None:
           f"| 3. sliced inference | {sliced_s:.2f} | {sliced_s / n:.3f} | {res['sliced_over_tiles']:.3f} x tiles | "
           f"<= 1.3: {'met' if res['sliced_met'] else 'MISSED'} |\n"
           f"| 3b. its {n_tiles} tiles + {n} whole-image passes as plain batches | {tiles_s:.2f} | {tiles_s / n:.3f} "
-          f"| 1.00 | |\n\n"
+          f"| 1.00 | |\n"
+          f"| 4a. the same {len(singles)} inputs one by one, eager PyTorch | {eager1_s:.2f} | {eager1_s / n:.3f} | 1.00 | |\n"
+          f"| 4b. the same, onnxruntime (CPU, {a.threads} threads) | {ort1_s:.2f} | {ort1_s / n:.3f} | "
+          f"{ort1_s / eager1_s:.3f} x eager | |\n"
+          f"| 4c. sliced `Predictor` on best.pt | {pt_sliced_s:.2f} | {pt_sliced_s / n:.3f} | 1.00 | |\n"
+          f"| 4d. sliced `Predictor` on the exported .onnx | {ort_sliced_s:.2f} | {ort_sliced_s / n:.3f} | "
+          f"{ort_sliced_s / pt_sliced_s:.3f} x eager | |\n\n"
           f"Detections written (score >= 0.3): {n_det} ({n_det / n:.0f} per image). "
           f"CPU time / wall time: raw {res['raw_cpu_per_wall']:.2f}, pipeline {res['pipeline_cpu_per_wall']:.2f}, "
           f"in line {res['pipeline_inline_cpu_per_wall']:.2f} (of {os.cpu_count()} cores)")

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from lesiondet.cli import main
+from lesiondet.config import DEFAULTS_FILE
 from lesiondet.grading.rules import GradingConfig, grade
 from lesiondet.grading.learned import OrdinalGrader, features, quadratic_weighted_kappa
 from lesiondet.io.voc import VocObject as O
@@ -81,7 +82,7 @@ def test_thresholds_come_from_the_config(tmp_path):
     (tmp_path / "g.yaml").write_text("he_per_quadrant: 5\n")
     cfg = GradingConfig.load(tmp_path / "g.yaml")
     assert grade([OD_LEFT] + hes(6, 6, 6, 6), (W, H), cfg).grade == 3
-    shipped = GradingConfig.load(Path(__file__).parents[1] / "configs" / "grading.yaml")
+    shipped = GradingConfig.load(DEFAULTS_FILE)  # the one defaults file, read as a --grading file
     assert shipped == GradingConfig()
 
 

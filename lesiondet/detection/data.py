@@ -11,20 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lesiondet.config import check_section, defaults
 from lesiondet.errors import ImageError
 from lesiondet.images import read_rgb
 from lesiondet.io.labels import LabelMap
 from lesiondet.detection.slicing import (big_enough, crop_objects, low_res_fov, sample_window, samples_per_image, should_slice, window_size)
 from lesiondet.io.voc import VocObject, VocRecord
 
-DEFAULT_AUGMENT: dict[str, Any] = {
-    "hflip": 0.5,
-    "vflip": 0.5,  # fundus anatomy is near mirror-symmetric top/bottom
-    "scale": [0.85, 1.15],
-    "brightness_contrast": 0.2,
-    "hue_saturation": 0.3,
-    "min_visibility": 0.3,
-}
+DEFAULT_AUGMENT: dict[str, Any] = defaults("augment")
 
 
 def train_transforms(aug: Mapping[str, Any] | None = None) -> A.Compose:
@@ -33,7 +27,7 @@ def train_transforms(aug: Mapping[str, Any] | None = None) -> A.Compose:
     No arbitrary rotation: rotating a 3-px microaneurysm box inflates it more
     than the lesion moves.
     """
-    a = {**DEFAULT_AUGMENT, **(aug or {})}
+    a = check_section("augment", aug)
     return A.Compose(
         [
             A.HorizontalFlip(p=a["hflip"]),
@@ -191,6 +185,18 @@ class TileDataset(DetectionDataset):
 
     def _indices(self, names: Sequence[str]) -> np.ndarray:
         return np.array([self.label_map.index(n) for n in names], np.int64)
+
+
+def check_images(records: Sequence[VocRecord]) -> None:
+    """Decode every image before training starts, so a bad file fails now, not in hour three."""
+    from lesiondet.progress import progress
+
+    for r in progress(records, desc="checking images", enabled=len(records) > 50):
+        # A full decode: a truncated JPEG has a good header and would fail only inside the data loader.
+        h, w = read_rgb(r.image_path).shape[:2]
+        if (w, h) != (r.width, r.height):
+            raise ImageError(r.image_path, f"image is {w}x{h} but {r.xml_path} says {r.width}x{r.height}",
+                             "fix <size> in the XML or re-annotate the image")
 
 
 def collate(batch):

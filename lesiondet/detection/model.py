@@ -15,39 +15,17 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from lesiondet.nn import backbones
+from lesiondet.config import check_section, defaults
 from lesiondet.errors import CheckpointError, LesiondetError
 
-DEFAULT_ARCH: dict[str, Any] = {
-    "backbone": "efficientnet_lite0",
-    "pretrained": "imagenet",  # imagenet (offline Lite0 weights) | torchvision (hub cache) | none
-    "stages": [2, 4, 6],  # Lite0 blocks at strides 8/16/32; a pooled level is added on top
-    "trainable_from": 3,
-    "fpn_channels": 128,
-    # One tuple of sizes per pyramid level; every level needs the same count.
-    "anchor_sizes": [[8, 16], [32, 48], [64, 96], [128, 256]],
-    "aspect_ratios": [0.5, 1.0, 2.0],
-    "rpn_pre_nms_top_n_train": 2000,
-    "rpn_post_nms_top_n_train": 2000,
-    "rpn_pre_nms_top_n_test": 2000,
-    "rpn_post_nms_top_n_test": 1000,
-    "rpn_batch_size_per_image": 256,
-    "box_batch_size_per_image": 256,
-    "box_score_thresh": 0.001,  # low, as in COCO-style evaluation: FROC reads far down the ranking
-    "box_nms_thresh": 0.4,
-    "box_detections_per_img": 1000,
-}
+DEFAULT_ARCH: dict[str, Any] = defaults("model")
 
 BACKBONES = ("efficientnet_lite0", "mobilenet_v3_large", "resnet50")
 
 
 def resolve_arch(arch: Mapping[str, Any] | None) -> dict[str, Any]:
     """``DEFAULT_ARCH`` updated with ``arch``; unknown keys are an error (typos hide bugs)."""
-    arch = dict(arch or {})
-    unknown = set(arch) - set(DEFAULT_ARCH)
-    if unknown:
-        raise LesiondetError(None, f"unknown model option(s): {', '.join(sorted(unknown))}",
-                             f"valid options: {', '.join(DEFAULT_ARCH)}")
-    out = {**DEFAULT_ARCH, **arch}
+    out = check_section("model", arch)  # unknown keys (typos hide bugs) and values of the wrong kind
     if out["backbone"] not in BACKBONES:
         raise LesiondetError(None, f"unknown backbone '{out['backbone']}'", f"choose one of {', '.join(BACKBONES)}")
     if out["pretrained"] not in ("imagenet", "torchvision", "none"):

@@ -23,40 +23,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
+from lesiondet.config import check_section, defaults
 from lesiondet.errors import LesiondetError
 from lesiondet.io.voc import VocObject, VocRecord
 
-DEFAULT_TILING: dict[str, Any] = {
-    "tile": 512,           # model input side of one tile, px
-    "overlap": 0.2,        # minimum overlap of neighbouring tiles, as a share of the tile
-    "zoom": "auto",        # number, or auto: the 10th-percentile lesion reaches zoom_target_px
-    "zoom_target_px": 8,
-    "max_zoom": 4.0,
-    "slice": "auto",       # auto: slice images larger than 1.25 tiles; true; false (one native pass)
-    "full_pass": True,     # add a whole-image pass at tile size for large objects
-    "full_min_px": 6,      # from that pass (when sliced), keep objects at least this big in its pixels
-    "merge": "nms",        # nms | wbf
-    "merge_iou": 0.5,
-    "nested_ios": 0.8,     # drop a box lying this share inside a better-scoring one of its class (0: keep all)
-    "batch": 4,            # tiles per forward pass at inference
-    "tta": False,          # also predict on the mirrored image and merge (flip test-time augmentation)
-    "pos_fraction": 0.6,   # training tiles centred on a lesion
-    "full_fraction": 0.15,  # training samples that are the whole image
-    "tiles_per_image": "auto",  # training samples per image per epoch; auto: half the tiles it slices into
-    "fov_min": 0.05,       # skip tiles whose field-of-view share is below this
-    "min_visibility": 0.3,  # keep a cut box when this share of it lies inside the tile
-    "cache_mb": 2048,      # decoded-image cache per data-loader process
-}
+DEFAULT_TILING: dict[str, Any] = defaults("tiling")
 
 
 def resolve_tiling(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """``DEFAULT_TILING`` updated with ``cfg``; unknown keys and bad values are errors."""
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(DEFAULT_TILING)
-    if unknown:
-        raise LesiondetError(None, f"unknown tiling option(s): {', '.join(sorted(unknown))}",
-                             f"valid options: {', '.join(DEFAULT_TILING)}")
-    out = {**DEFAULT_TILING, **cfg}
+    out = check_section("tiling", cfg)  # unknown keys and values of the wrong kind
     if not (isinstance(out["tile"], int) and out["tile"] >= 64):
         raise LesiondetError(None, f"tiling.tile={out['tile']!r}", "use a whole number of pixels >= 64")
     if not 0 <= float(out["overlap"]) < 0.9:

@@ -176,4 +176,4 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
                       clip_grad=float(t["clip_grad"] or 0), workers=int(t["workers"]), amp=bool(t["amp"]),
                       seed=int(t["seed"]), patience=int(t["patience"]), collate=collate, on_best=_plot_best_pr,
                       augment=task.augment)
-    return Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log).fit(resume, trust_legacy)
+    return Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log, config=cfg).fit(resume, trust_legacy)

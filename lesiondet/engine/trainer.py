@@ -106,8 +106,10 @@ class Trainer:
     """Runs a ``Task`` to the end of its phases, its epochs, its time budget or its patience."""
 
     def __init__(self, task: Task, cfg: LoopConfig, out_dir: str | Path, device: torch.device, *,
-                 time_limit_min: float | None = None, log: Callable[[str], None] = print) -> None:
+                 time_limit_min: float | None = None, log: Callable[[str], None] = print,
+                 config: Mapping[str, Any] | None = None) -> None:
         self.task, self.cfg, self.out_dir, self.log = task, cfg, Path(out_dir), log
+        self.config = config  # the run's resolved configuration, recorded as config.yaml
         self.rank, self.world, self.device = init_distributed(device)
         self.main = self.rank == 0
         self.budget = None if time_limit_min is None else time_limit_min * 60.0
@@ -164,6 +166,10 @@ class Trainer:
     def fit(self, resume: str | Path | None = None, trust_legacy: bool = False) -> dict[str, Any]:
         """Train; returns ``{"out_dir", "best_fitness", "epochs_done", "stopped_early", "history"}``."""
         seed_everything(int(self.cfg.seed) + self.rank)
+        if self.main and self.config is not None:
+            from lesiondet.config import write_resolved
+
+            write_resolved(self.out_dir / "config.yaml", self.config)
         loader, dist_sampler = self._loader()
         start_phase, start_epoch, ck = 0, 0, None
         if resume is not None:

@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from lesiondet.errors import LesiondetError
-from lesiondet.fileio import read_yaml
+from lesiondet.config import defaults, load_section
 from lesiondet.grading.anatomy import Landmarks, locate_fovea, quadrant_names, quadrant_of
 from lesiondet.io.voc import VocObject, VocRecord
 
@@ -40,26 +39,24 @@ PDR_SENTENCE = ("Venous beading, IRMA, neovascularisation and vitreous or preret
                 "recognised only by the haemorrhage count.")
 
 
+_DEFAULT = defaults("grading")
+
+
 @dataclass(frozen=True)
 class GradingConfig:
-    he_per_quadrant: int = 20
-    fovea_disc_diameters: float = 2.5
-    dme_disc_diameters: float = 1.0
-    dme_no_disc_fraction: float = 0.125
-    merged_as_he: tuple[str, ...] = ("HE_MA",)
+    """The ICDR rule thresholds; defaults from ``grading:`` in ``lesiondet/config/defaults.yaml``."""
+
+    he_per_quadrant: int = _DEFAULT["he_per_quadrant"]
+    fovea_disc_diameters: float = _DEFAULT["fovea_disc_diameters"]
+    dme_disc_diameters: float = _DEFAULT["dme_disc_diameters"]
+    dme_no_disc_fraction: float = _DEFAULT["dme_no_disc_fraction"]
+    merged_as_he: tuple[str, ...] = tuple(_DEFAULT["merged_as_he"])
 
     @classmethod
     def load(cls, path: str | Path | None) -> "GradingConfig":
-        if path is None:
-            return cls()
-        p = Path(path)
-        d = read_yaml(p, "grading config", "pass configs/grading.yaml or leave --grading out")
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise LesiondetError(p, f"unknown grading option(s) {sorted(unknown)}",
-                                 f"valid: {', '.join(cls.__dataclass_fields__)}")
-        if "merged_as_he" in d:
-            d["merged_as_he"] = tuple(d["merged_as_he"] or ())
+        """Defaults, with the keys a ``--grading`` YAML sets (alone or under ``grading:``)."""
+        d = load_section("grading", path, "grading config", "pass a YAML of grading: keys or leave --grading out")
+        d["merged_as_he"] = tuple(d["merged_as_he"] or ())
         return cls(**d)
 
 
@@ -98,7 +95,7 @@ def grade(detections: Sequence[VocObject] | VocRecord, image_size: tuple[int, in
     Args:
         detections: lesion objects (``VocObject``, score already thresholded) or a ``VocRecord``.
         image_size: ``(width, height)``; taken from the record when one is given.
-        config: thresholds (defaults match ``configs/grading.yaml``).
+        config: thresholds (defaults: ``grading:`` in ``lesiondet/config/defaults.yaml``).
         fov_area_px: pixels inside the field of view, for ``area_fraction``; the
             inscribed circle of the image when not given.
     """

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from lesiondet.engine.trainer import Phase
 from lesiondet.nn.logistic import PlainLogistic
 
+from lesiondet.config import defaults
 from lesiondet.errors import LesiondetError
 from lesiondet.images import read_rgb
 from lesiondet.progress import progress as progress_bar
@@ -36,22 +37,7 @@ OCT_FORMAT = "lesiondet-oct/2"  # 1: lesiondet 0.1, sklearn objects inside
 ARCHS = ("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-DEFAULT_OCT: dict[str, Any] = {
-    "arch": "efficientnet_lite0",
-    "pretrained": "imagenet",   # imagenet (offline Lite0) | torchvision (hub cache) | none
-    "size": 224,
-    "batch": 16,
-    "head_epochs": 3,           # stage 1: backbone frozen
-    "epochs": 20,               # stage 2: everything, at lr_finetune
-    "lr_head": 1e-3,
-    "lr_finetune": 1e-4,
-    "weight_decay": 1e-4,
-    "patience": 4,              # early stopping on validation loss
-    "min_steps": 10,            # optimizer steps per epoch at least (small sets are resampled)
-    "workers": 0,
-    "seed": 0,
-    "amp": True,
-}
+DEFAULT_OCT: dict[str, Any] = defaults("oct")
 
 
 @dataclass(frozen=True)
@@ -360,14 +346,18 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
         loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]),
                           workers=int(cfg["workers"]), amp=bool(cfg["amp"]), seed=int(cfg["seed"]),
                           patience=int(cfg["patience"]), sampler=_resample(int(cfg["min_steps"]), int(cfg["batch"])))
-        result = Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log).fit(resume)
+        result = Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log,
+                         config={"oct": cfg, "heads": heads}).fit(resume)
         summary["history"] = result["history"]
         if result["history"] and val_samples:
             best = max(result["history"], key=lambda r: -r["val_loss"])
             summary["val"]["finetune"] = best["val_acc"]
     else:
+        from lesiondet.config import write_resolved
+
         meta["default_head"] = "linear"
         save_checkpoint(out_dir / "best.pt", meta)
+        write_resolved(out_dir / "config.yaml", {"oct": cfg, "heads": heads})
     return summary
 
 

@@ -1,0 +1,378 @@
+"""Everything the command line does, as Python functions: each ``lesiondet`` command calls one of these.
+
+>>> from lesiondet import api
+>>> run = api.train(["annotations/sample/train"], val="annotations/sample/val", epochs=1)   # doctest: +SKIP
+>>> api.detect(["fundus.jpg"], run["out_dir"] + "/best.pt", grade=True).grades             # doctest: +SKIP
+
+The functions return their results (summaries, records, metrics) and write the
+same files as the commands; printing tables is left to the caller.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lesiondet.errors import LesiondetError
+from lesiondet.fileio import next_run_dir
+
+Log = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found in the folders named; a folder without images is an error."""
+    from lesiondet.fileio import list_dir
+    from lesiondet.io.voc import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = [q for q in list_dir(p) if q.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise LesiondetError(p, "no images (.jpg, .png, .tif, .bmp) in this folder", "point at image files")
+            paths += found
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise LesiondetError(p, "image not found", "check the path")
+    return paths
+
+
+# --------------------------------------------------------------------------- detection
+def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = None, val_split: float = 0.2,
+          labels: str | Path | None = None, images: str | Path | None = None, config: str | Path | None = None,
+          epochs: int | None = None, batch: int | None = None, lr: float | None = None, workers: int | None = None,
+          pretrained: str | None = None, tile: int | None = None, overlap: float | None = None,
+          device: str = "auto", time_limit: float | None = None, resume: str | Path | None = None,
+          out: str | Path = "runs/train", trust_legacy: bool = False, log: Log = _quiet) -> dict[str, Any]:
+    """Train a detector on labelImg folders or dataset YAMLs (``voc``); returns the run summary.
+
+    ``resume`` continues a run from its ``last.pt`` with the data and settings it stored.
+    """
+    from lesiondet.config import load_config, merge
+    from lesiondet.detection.data import check_images, split_records
+    from lesiondet.detection.train import train as train_detector
+    from lesiondet.device import resolve_device
+    from lesiondet.engine.checkpoint import load_checkpoint
+    from lesiondet.io.labels import LabelMap
+    from lesiondet.io.sources import Source, parse_source, read_sources
+    from lesiondet.io.voc import read_voc_dir
+
+    resume_ck = None
+    if resume:
+        resume_ck = load_checkpoint(resume, trust_legacy=trust_legacy)
+        if "optimizer" not in resume_ck:
+            raise LesiondetError(resume, "this checkpoint cannot be resumed (no optimizer state)",
+                                 "resume from last.pt, not best.pt")
+        cfg = resume_ck["config"]
+        if epochs:
+            cfg["train"]["epochs"] = epochs
+    else:
+        if not voc:
+            raise LesiondetError(None, "no training data given",
+                                 "pass --voc DIR (a labelImg folder) or --voc configs/datasets/NAME.yaml")
+        cfg = load_config(config)
+        given = {"train": {"epochs": epochs, "batch": batch, "lr": lr, "workers": workers},
+                 "model": {"pretrained": pretrained}, "tiling": {"tile": tile, "overlap": overlap}}
+        cfg = merge(cfg, {s: {k: v for k, v in d.items() if v is not None} for s, d in given.items()})
+        sources = [parse_source(v, labels) for v in voc]
+        cfg["data"] = {"sources": [src.to_dict() for src in sources], "val": val and str(val),
+                       "val_split": val_split, "images": images and str(images)}
+    data = cfg["data"]
+    sources = [Source.from_dict(d) for d in data["sources"]]
+    records, label_map, annotated = read_sources(sources, data["images"])
+    if resume_ck is not None:
+        label_map = LabelMap.from_dict({**resume_ck["label_map"], "default_aliases": False}, str(resume))
+    if data["val"]:
+        train_records, val_records = records, read_voc_dir(data["val"], label_map, data["images"])
+    else:
+        if len(records) < 2:
+            raise LesiondetError(sources[0].voc, "only one annotated image; cannot hold some back for validation",
+                                 "add images or pass --val DIR")
+        train_records, val_records = split_records(records, data["val_split"], seed=cfg["train"]["seed"])
+    check_images(train_records + val_records)
+
+    dev = resolve_device(device)
+    run_dir = Path(resume).parent if resume_ck is not None else _shared_run_dir(out, dev)
+    counts = Counter(o.label for r in train_records for o in r.objects)
+    log(f"training on {len(train_records)} images ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+        f"validating on {len(val_records)}; classes {list(label_map.classes)}; device {dev}; run folder {run_dir}")
+    if len(sources) > 1:
+        log("classes each source annotates (others are masked out of its loss): "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in annotated.items()))
+    return train_detector(train_records, val_records, label_map, cfg, run_dir, dev, resume=resume,
+                          time_limit_min=time_limit, log=log, annotated=annotated if len(sources) > 1 else None,
+                          trust_legacy=trust_legacy)
+
+
+def _shared_run_dir(out: str | Path, device) -> Path:
+    """A fresh numbered run folder; under torchrun, rank 0 makes it and tells the others."""
+    from lesiondet.device import distributed, init_distributed
+
+    out = Path(out)
+    if not distributed():
+        return next_run_dir(out.parent, out.name)
+    import torch.distributed as dist
+
+    rank, _, _ = init_distributed(device)
+    holder = [str(next_run_dir(out.parent, out.name)) if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def detect(images: Sequence[str | Path], weights: str | Path, *, score: float = 0.3,
+           out: str | Path = "runs/detect", exist_ok: bool = False, grade: bool = False,
+           grading: str | Path | None = None, report: bool = False, device: str = "auto",
+           trust_legacy: bool = False, **tiling: Any):
+    """Detect lesions in image files and folders; returns the ``DetectRun`` (records, grades, failures, report).
+
+    ``tiling`` overrides the checkpoint's slicing (``tile=``, ``overlap=``, ``merge=``, ``slice=``, ``tta=`` ...).
+    """
+    from lesiondet.detection.detect import detect_files
+    from lesiondet.detection.predict import Predictor
+    from lesiondet.grading.rules import GradingConfig
+
+    paths = collect_images(images)
+    predictor = Predictor(weights, device, score, trust_legacy=trust_legacy, **tiling)
+    grading_cfg = GradingConfig.load(grading) if (grade or report) else None
+    out = Path(out)
+    if exist_ok:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out = next_run_dir(out.parent, out.name)
+    run = detect_files(predictor, paths, out, grading=grading_cfg, report=report)
+    run.out, run.classes, run.n_images = out, predictor.classes, len(paths)
+    return run
+
+
+def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | Path | None = None,
+             labels: str | Path | None = None, images: str | Path | None = None, score: float = 0.001,
+             grade_score: float = 0.3, out: str | Path = "runs/eval", json: str | Path | None = None,
+             device: str = "auto", trust_legacy: bool = False, progress: bool = False, **tiling: Any) -> dict:
+    """COCO mAP, AP50, FROC and AP by size of a checkpoint (``weights``) or of VOC predictions (``pred``).
+
+    Writes ``pr_curves.png``, ``froc.png`` and ``grade_confusion.png`` to a numbered ``out`` folder
+    (its path is ``result["figures"]``) and, with ``json``, the figures as JSON.
+    """
+    from lesiondet.detection.metrics import evaluate_detections, json_safe
+    from lesiondet.fileio import write_json
+    from lesiondet.grading.learned import grade_agreement, plot_confusion
+    from lesiondet.io.labels import LabelMap, load_label_map
+    from lesiondet.io.voc import present_labels, read_voc_dir
+    from lesiondet.reporting.plots import plot_froc, plot_pr_curves
+
+    if (weights is None) == (pred is None):
+        raise LesiondetError(None, "score either a model or predictions", "pass --weights or --pred")
+    if weights is not None:
+        from lesiondet.detection.predict import Predictor
+
+        predictor = Predictor(weights, device, score, trust_legacy=trust_legacy, **tiling)
+        classes = predictor.classes
+        label_map = (load_label_map(labels) if labels
+                     else LabelMap.from_dict({**predictor.label_map, "default_aliases": True}, str(weights)))
+        gt = read_voc_dir(voc, label_map, images)
+        preds = predictor.predict_records(gt, progress=progress)
+    else:
+        label_map = load_label_map(labels)
+        gt = read_voc_dir(voc, label_map, images)
+        preds = read_voc_dir(pred, label_map, need_image=False)
+        classes = list(label_map.classes) if labels else \
+            [c for c in label_map.classes if c in present_labels(gt) | present_labels(preds)]
+    result = evaluate_detections(gt, preds, classes)
+    result["grade_agreement"] = ga = grade_agreement(gt, preds, grade_score)
+    result["n_images"] = len(gt)
+    figs = next_run_dir(Path(out).parent, Path(out).name)
+    plot_pr_curves(figs / "pr_curves.png", result)
+    plot_froc(figs / "froc.png", result)
+    plot_confusion(figs / "grade_confusion.png", ga["reference"], ga["predicted"],
+                   f"grade from detections vs ground-truth boxes (kappa {ga['qwk']:.3f})")
+    if json:
+        write_json(json, json_safe(result))
+    result["figures"] = str(figs)
+    return result
+
+
+def export(weights: str | Path, format: str = "onnx", out: str | Path | None = None,
+           trust_legacy: bool = False) -> Path:
+    """The per-tile network of a detector checkpoint as ONNX or TorchScript; returns the file written."""
+    from lesiondet.export.onnx import export as export_network
+
+    return export_network(weights, format, out, trust_legacy=trust_legacy)
+
+
+# --------------------------------------------------------------------------- grading
+@dataclass
+class GradeRun:
+    """``grade_voc``'s result: one rule grade per image, the learned grader's if one was used, and scores."""
+
+    names: list[str]
+    grades: list[Any]
+    predicted: list[int]
+    doc: Any
+    fitted: dict[str, Any] | None = None
+    scores: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def grade_voc(voc: str | Path, *, labels: str | Path | None = None, images: str | Path | None = None,
+              grading: str | Path | None = None, fit: str | Path | None = None, model: str | Path | None = None,
+              eval: str | Path | None = None, out: str | Path = "runs/grade", json: str | Path | None = None,
+              trust_legacy: bool = False) -> GradeRun:
+    """ICDR grades of a labelImg folder (annotations or ``detect`` output) by the rules or a learned grader.
+
+    ``fit`` (a ``image,grade`` CSV) fits the ordinal grader and saves it to ``model`` (JSON); ``eval``
+    scores the grades against a CSV (QWK, accuracy, ``grade_confusion.png`` in ``out``).
+    """
+    import numpy as np
+
+    from lesiondet.fileio import write_json
+    from lesiondet.grading.learned import (OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa,
+                                           read_labels_csv)
+    from lesiondet.grading.rules import GRADE_NAMES, GradingConfig, grade_record
+    from lesiondet.io.labels import load_label_map
+    from lesiondet.io.voc import read_voc_dir
+    from lesiondet.progress import progress
+
+    cfg = GradingConfig.load(grading)
+    records = read_voc_dir(voc, load_label_map(labels), images)
+    grades = [grade_record(r, cfg) for r in progress(records, desc="grade", enabled=len(records) >= 20)]
+    names = [r.stem for r in records]
+    learned, fitted = None, None
+    if fit:
+        ref = read_labels_csv(fit)
+        pairs = [(features(g, cfg.merged_as_he), ref[n]) for n, g in zip(names, grades) if n in ref]
+        if len(pairs) < 2:
+            raise LesiondetError(fit, "fewer than two of its images are in --voc", "check the image names")
+        X, y = np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+        learned = OrdinalGrader().fit(X, y)
+        path = learned.save(model or "grader.json")
+        fitted = {"n": len(y), "training_qwk": quadratic_weighted_kappa(y, learned.predict(X)), "path": str(path)}
+    elif model:
+        learned = OrdinalGrader.load(model, trust_legacy)
+    predicted = [int(g.grade) for g in grades]
+    if learned is not None:
+        predicted = [int(v) for v in learned.predict(np.stack([features(g, cfg.merged_as_he) for g in grades]))]
+    doc: Any = []
+    for n, g, p in zip(names, grades, predicted):
+        d = g.to_dict()
+        d["image"] = n if not g.image else Path(g.image).name
+        if learned is not None:
+            d["rule_grade"], d["grade"] = d["grade"], p
+            d["grade_name"] = GRADE_NAMES[p]
+        doc.append(d)
+    scores = None
+    if eval:
+        ref = read_labels_csv(eval)
+        pairs = [(ref[n], p) for n, p in zip(names, predicted) if n in ref]
+        if not pairs:
+            raise LesiondetError(eval, "none of its images are in --voc", "check the image names")
+        y, yp = [t for t, _ in pairs], [p for _, p in pairs]
+        qwk, acc = quadratic_weighted_kappa(y, yp), float(np.mean(np.equal(y, yp)))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        png = plot_confusion(Path(out) / "grade_confusion.png", y, yp,
+                             f"{'learned' if learned is not None else 'rule'} grader: QWK {qwk:.3f}, "
+                             f"accuracy {acc:.3f}")
+        scores = {"qwk": qwk, "accuracy": acc, "n": len(y), "confusion_png": str(png)}
+        doc = {"images": doc, "qwk": qwk, "accuracy": acc, "n": len(y)}
+    if json:
+        write_json(json, doc)
+    return GradeRun(names, grades, predicted, doc, fitted, scores)
+
+
+# --------------------------------------------------------------------------- OCT
+def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: float = 0.2, head: str = "both",
+              arch: str | None = None, pretrained: str | None = None, config: str | Path | None = None,
+              epochs: int | None = None, batch: int | None = None, time_limit: float | None = None,
+              device: str = "auto", out: str | Path = "runs/oct", log: Log = _quiet) -> dict[str, Any]:
+    """Train the OCT B-scan classifier (fine-tuned and/or linear head) with a patient-grouped split."""
+    from lesiondet.config import load_section
+    from lesiondet.device import resolve_device
+    from lesiondet.oct.classify import patient_split, read_oct_data, read_scan, train_oct
+
+    cfg = load_section("oct", config, "OCT config", "pass a YAML such as configs/models/oct.yaml")
+    cfg.update({k: v for k, v in {"epochs": epochs, "batch": batch, "arch": arch,
+                                  "pretrained": pretrained}.items() if v is not None})
+    samples = read_oct_data(data)
+    if val:
+        train_s, val_s = samples, read_oct_data(val)
+    else:
+        train_s, val_s = patient_split(samples, val_split, cfg["seed"])
+    classes = sorted({s.label for s in train_s} | {s.label for s in val_s})
+    if len(classes) < 2:
+        raise LesiondetError(data, f"only one class ({classes[0]})", "add scans of at least one other class")
+    for s in train_s + val_s:
+        read_scan(s.path)  # a bad file fails now, not in epoch five
+    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    counts = Counter(s.label for s in train_s)
+    log(f"OCT: training on {len(train_s)} scans ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
+        f"from {len({s.patient for s in train_s})} patients, validating on {len(val_s)} scans from "
+        f"{len({s.patient for s in val_s})} other patients; run folder {run_dir}")
+    return train_oct(train_s, val_s, classes, cfg, run_dir, resolve_device(device), head, time_limit, log)
+
+
+def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str | None = None, topk: int = 4,
+                json: str | Path | None = None, out: str | Path = "runs/oct-predict", device: str = "auto",
+                trust_legacy: bool = False) -> dict[str, Any]:
+    """Class probabilities for OCT scans, a picture per scan; returns ``{"predictions", "failures", "out"}``."""
+    from lesiondet.fileio import write_json
+    from lesiondet.oct.classify import OctClassifier, plot_prediction, read_scan
+
+    paths = collect_images(images)
+    clf = OctClassifier(weights, head, device, trust_legacy)
+    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    docs, failures = [], []
+    for p in paths:
+        try:
+            img = read_scan(p)
+        except LesiondetError as e:
+            failures.append(str(e))
+            continue
+        probs = dict(zip(clf.classes, map(float, clf.predict_proba_arrays([img])[0])))
+        top = sorted(probs.items(), key=lambda kv: -kv[1])[:topk]
+        plot_prediction(run_dir / f"{p.stem}.png", img, probs, f"{p.name}: {top[0][0]} ({top[0][1]:.2f})")
+        docs.append({"image": str(p), "class": top[0][0], "probabilities": probs, "head": clf.head,
+                     "top": top})
+    if json:
+        write_json(json, [{k: v for k, v in d.items() if k != "top"} for d in docs] if len(paths) > 1
+                   else ({k: v for k, v in docs[0].items() if k != "top"} if docs else []))
+    return {"predictions": docs, "failures": failures, "out": run_dir}
+
+
+def oct_evaluate(data: str | Path, weights: str | Path, *, head: str | None = None, json: str | Path | None = None,
+                 out: str | Path = "runs/oct-eval", device: str = "auto", trust_legacy: bool = False) -> dict:
+    """Accuracy, per-class sensitivity, specificity and ROC AUC, and ``oct_confusion.png`` in ``out``."""
+    import numpy as np
+
+    from lesiondet.fileio import write_json
+    from lesiondet.oct.classify import OctClassifier, classification_metrics, read_oct_data
+    from lesiondet.reporting.plots import plot_confusion_matrix
+
+    clf = OctClassifier(weights, head, device, trust_legacy)
+    samples = read_oct_data(data, clf.classes)
+    proba = clf.predict_proba([s.path for s in samples], progress=len(samples) > 16)
+    m = classification_metrics([clf.classes.index(s.label) for s in samples], proba, clf.classes)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    m["confusion_png"] = str(plot_confusion_matrix(
+        Path(out) / "oct_confusion.png", np.array(m["confusion"]), clf.classes,
+        f"OCT {clf.head} head: accuracy {m['accuracy']:.3f} (n={m['n']})"))
+    m["head"] = clf.head
+    if json:
+        write_json(json, {k: v for k, v in m.items() if k != "confusion_png"})
+    return m
+
+
+# --------------------------------------------------------------------------- sample data
+def synth(out: str | Path, *, n_train: int = 24, n_val: int = 6, n_test: int = 6, size: int = 512, seed: int = 0,
+          oct: bool = False) -> Path:
+    """Write the synthetic labelImg sample (or, with ``oct``, a synthetic OCT class-per-folder set)."""
+    from lesiondet.synth import write_oct_sample, write_sample
+
+    if oct:
+        return write_oct_sample(out, per_class=n_train, seed=seed)
+    return write_sample(out, n_train, n_val, n_test, size, seed)

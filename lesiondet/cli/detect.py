@@ -1,0 +1,50 @@
+"""``lesiondet detect``: boxes, pictures, JSON, labelImg XML and optionally grades and report.html."""
+from __future__ import annotations
+
+import argparse
+
+from lesiondet.cli.common import add_tiling_args, add_trust_legacy, error, say, score, tiling_overrides
+
+
+def add(sub) -> None:
+    d = sub.add_parser("detect", help="detect lesions in images")
+    d.add_argument("images", nargs="+", help="image files or folders")
+    d.add_argument("--weights", required=True, help="best.pt from 'lesiondet train', or its exported .onnx")
+    d.add_argument("--score", type=score, default=0.3, help="minimum score (default 0.3)")
+    d.add_argument("--out", default="runs/detect", help="output folder; numbered if it exists")
+    d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--grade", action="store_true", help="grade DR severity (ICDR 0-3) from the detections")
+    d.add_argument("--grading", help="grading thresholds YAML (defaults: grading: in lesiondet/config/defaults.yaml)")
+    d.add_argument("--report", action="store_true",
+                   help="also write a self-contained report.html (images, lesion tables, grades, flags)")
+    add_tiling_args(d)
+    add_trust_legacy(d)
+    d.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from lesiondet import api
+    from lesiondet.detection.detect import count_table
+    from lesiondet.grading.rules import PDR_SENTENCE
+
+    r = api.detect(a.images, a.weights, score=a.score, out=a.out, exist_ok=a.exist_ok, grade=a.grade,
+                   grading=a.grading, report=a.report, device=a.device, trust_legacy=a.trust_legacy,
+                   **tiling_overrides(a))
+    print(count_table(r, r.classes))
+    if a.grade:
+        for rec, g in zip(r.records, r.grades):
+            print(f"{rec.image_path.name}: grade {g.grade} – {g.grade_name}")
+            for reason in g.reasons:
+                print(f"  - {reason}")
+        if r.records:
+            print(f"Note: {PDR_SENTENCE}")
+    if r.report:
+        say(f"report {r.report}")
+    say(f"results in {r.out} (annotated .png, .json, labelImg .xml with <score>; score >= {a.score})")
+    for f in r.failures:
+        error(f)
+    if r.failures:
+        say(f"{len(r.failures)} of {r.n_images} image(s) failed; list in {r.out / 'failures.txt'}")
+        return 1
+    return 0

@@ -1,0 +1,90 @@
+"""``lesiondet oct train|predict|eval``: the OCT B-scan classifier."""
+from __future__ import annotations
+
+import argparse
+
+from lesiondet.cli.common import Parser, add_trust_legacy, error, fraction, positive_float, positive_int, say
+
+
+def add(sub) -> None:
+    o = sub.add_parser("oct", help="OCT B-scan classifier: CNV / DME / DRUSEN / NORMAL")
+    osub = o.add_subparsers(dest="oct_command", required=True, parser_class=Parser)
+    ot = osub.add_parser("train", help="train on a class-per-folder tree or a path,label CSV")
+    ot.add_argument("--data", required=True, help="folder with CNV/ DME/ DRUSEN/ NORMAL/ sub-folders, or a CSV")
+    og = ot.add_mutually_exclusive_group()
+    og.add_argument("--val", help="validation folder or CSV (default: hold out patients from --data)")
+    og.add_argument("--val-split", type=fraction, default=0.2, help="share of patients held out (default 0.2)")
+    ot.add_argument("--head", choices=("finetune", "linear", "both"), default="both",
+                    help="fine-tuned CNN, logistic regression on frozen features, or both (default)")
+    ot.add_argument("--arch", choices=("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50"))
+    ot.add_argument("--pretrained", choices=("imagenet", "torchvision", "none"))
+    ot.add_argument("--config", help="YAML with OCT options (configs/models/oct.yaml)")
+    ot.add_argument("--epochs", type=positive_int, help="fine-tuning epochs after the head-only stage")
+    ot.add_argument("--batch", type=positive_int)
+    ot.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
+    ot.add_argument("--device", default="auto")
+    ot.add_argument("--out", default="runs/oct", help="run folder; numbered if it exists")
+    ot.set_defaults(func=run_train)
+    op = osub.add_parser("predict", help="class and probabilities for OCT scans")
+    op.add_argument("images", nargs="+", help="scan files or folders")
+    op.add_argument("--weights", required=True, help="best.pt from 'lesiondet oct train'")
+    op.add_argument("--head", choices=("finetune", "linear"), help="default: the fine-tuned head if trained")
+    op.add_argument("--topk", type=positive_int, default=4)
+    op.add_argument("--json", help="write class and probabilities to this file")
+    op.add_argument("--out", default="runs/oct-predict", help="folder for the pictures; numbered if it exists")
+    op.add_argument("--device", default="auto")
+    add_trust_legacy(op)
+    op.set_defaults(func=run_predict)
+    oe = osub.add_parser("eval", help="accuracy, sensitivity, specificity, ROC AUC, confusion matrix")
+    oe.add_argument("--data", required=True, help="labelled folder or CSV")
+    oe.add_argument("--weights", required=True)
+    oe.add_argument("--head", choices=("finetune", "linear"))
+    oe.add_argument("--json", help="write the figures to this JSON file")
+    oe.add_argument("--out", default="runs/oct-eval", help="folder for oct_confusion.png")
+    oe.add_argument("--device", default="auto")
+    add_trust_legacy(oe)
+    oe.set_defaults(func=run_eval)
+
+
+def run_train(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    s = api.oct_train(a.data, val=a.val, val_split=a.val_split, head=a.head, arch=a.arch, pretrained=a.pretrained,
+                      config=a.config, epochs=a.epochs, batch=a.batch, time_limit=a.time_limit, device=a.device,
+                      out=a.out, log=say)
+    for head, acc in s["val"].items():
+        say(f"{head} head: validation accuracy {acc:.3f}")
+    say(f"weights {s['out_dir']}/best.pt" + (f", curves {s['out_dir']}/curves.png" if s["history"] else ""))
+    return 0
+
+
+def run_predict(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    r = api.oct_predict(a.images, a.weights, head=a.head, topk=a.topk, json=a.json, out=a.out, device=a.device,
+                        trust_legacy=a.trust_legacy)
+    for d in r["predictions"]:
+        print(f"{d['image'].rsplit('/', 1)[-1]}: {d['class']}  " + "  ".join(f"{c} {v:.3f}" for c, v in d["top"]))
+    say(f"pictures in {r['out']}")
+    for f in r["failures"]:
+        error(f)
+    return 1 if r["failures"] else 0
+
+
+def run_eval(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    m = api.oct_evaluate(a.data, a.weights, head=a.head, json=a.json, out=a.out, device=a.device,
+                         trust_legacy=a.trust_legacy)
+
+    def f(v):
+        return "   -  " if v is None else f"{v:6.3f}"
+
+    print(f"{'class':<8} {'n':>4} {'sens':>6} {'spec':>6} {'AUC':>6}")
+    for c, v in m["per_class"].items():
+        print(f"{c:<8} {v['n']:>4} {f(v['sensitivity'])} {f(v['specificity'])} {f(v['auc'])}")
+    print(f"accuracy {m['accuracy']:.4f} on {m['n']} scans ({m['head']} head)")
+    say(f"confusion matrix {m['confusion_png']}")
+    if a.json:
+        say(f"wrote {a.json}")
+    return 0

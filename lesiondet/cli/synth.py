@@ -1,0 +1,27 @@
+"""``lesiondet synth``: the synthetic sample datasets."""
+from __future__ import annotations
+
+import argparse
+
+from lesiondet.cli.common import positive_int, say
+
+
+def add(sub) -> None:
+    s = sub.add_parser("synth", help="write the synthetic sample dataset")
+    s.add_argument("out")
+    s.add_argument("--n-train", type=positive_int, default=24)
+    s.add_argument("--n-val", type=positive_int, default=6)
+    s.add_argument("--n-test", type=positive_int, default=6)
+    s.add_argument("--size", type=positive_int, default=512)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--oct", action="store_true", help="write a synthetic OCT class-per-folder set instead")
+    s.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    out = api.synth(a.out, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, size=a.size, seed=a.seed, oct=a.oct)
+    say(f"wrote a synthetic OCT dataset to {out} (CNV/, DME/, DRUSEN/, NORMAL/)" if a.oct
+        else f"wrote a synthetic labelImg dataset to {out} (train/, val/, test/)")
+    return 0
