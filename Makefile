@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The fast tier: unit tests only (no training through the CLI), under a minute.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not e2e"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -137,7 +137,7 @@ def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
     from lesiondet.io.voc import read_voc_dir, write_voc
 
     torch.set_num_threads(threads)
-    ck = torch.load(out / "model.pt", weights_only=False)
+    ck = torch.load(out / "model.pt", weights_only=True)
     model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
                                               num_classes=len(ck["classes"]) + 1, box_detections_per_img=1000)
     model.load_state_dict(ck["model"])
@@ -263,7 +263,7 @@ def main() -> None:
         import torch
 
         old = out / "plain" / "model.pt"
-        ck = torch.load(old, weights_only=False) if old.exists() else {}
+        ck = torch.load(old, weights_only=True) if old.exists() else {}
         if (ck.get("minutes"), ck.get("threads")) != (a.minutes, threads):
             sys.exit(f"--reuse-plain: {old} was not trained with --minutes {a.minutes:g} on {threads} threads")
         with open(out / "lesiondet.log", "w") as l1:

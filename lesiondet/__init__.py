@@ -1,2 +1,2 @@
 """lesiondet: retinal lesion detection, DR grading and OCT classification."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

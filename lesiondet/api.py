@@ -56,13 +56,11 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
     ``resume`` continues a run from its ``last.pt`` with the data and settings it stored.
     """
     from lesiondet.config import load_config, merge
-    from lesiondet.detection.data import check_images, split_records
+    from lesiondet.detection.data import check_images
     from lesiondet.detection.train import train as train_detector
     from lesiondet.device import resolve_device
     from lesiondet.engine.checkpoint import load_checkpoint
-    from lesiondet.io.labels import LabelMap
-    from lesiondet.io.sources import Source, parse_source, read_sources
-    from lesiondet.io.voc import read_voc_dir
+    from lesiondet.io.sources import parse_source
 
     resume_ck = None
     if resume:
@@ -84,18 +82,8 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
         sources = [parse_source(v, labels) for v in voc]
         cfg["data"] = {"sources": [src.to_dict() for src in sources], "val": val and str(val),
                        "val_split": val_split, "images": images and str(images)}
-    data = cfg["data"]
-    sources = [Source.from_dict(d) for d in data["sources"]]
-    records, label_map, annotated = read_sources(sources, data["images"])
-    if resume_ck is not None:
-        label_map = LabelMap.from_dict({**resume_ck["label_map"], "default_aliases": False}, str(resume))
-    if data["val"]:
-        train_records, val_records = records, read_voc_dir(data["val"], label_map, data["images"])
-    else:
-        if len(records) < 2:
-            raise LesiondetError(sources[0].voc, "only one annotated image; cannot hold some back for validation",
-                                 "add images or pass --val DIR")
-        train_records, val_records = split_records(records, data["val_split"], seed=cfg["train"]["seed"])
+    train_records, val_records, label_map, annotated, n_sources = _training_data(
+        cfg, resume_ck and resume_ck["label_map"], resume)
     check_images(train_records + val_records)
 
     dev = resolve_device(device)
@@ -103,12 +91,34 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
     counts = Counter(o.label for r in train_records for o in r.objects)
     log(f"training on {len(train_records)} images ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"validating on {len(val_records)}; classes {list(label_map.classes)}; device {dev}; run folder {run_dir}")
-    if len(sources) > 1:
+    if n_sources > 1:
         log("classes each source annotates (others are masked out of its loss): "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in annotated.items()))
     return train_detector(train_records, val_records, label_map, cfg, run_dir, dev, resume=resume,
-                          time_limit_min=time_limit, log=log, annotated=annotated if len(sources) > 1 else None,
+                          time_limit_min=time_limit, log=log, annotated=annotated if n_sources > 1 else None,
                           trust_legacy=trust_legacy)
+
+
+def _training_data(cfg: dict[str, Any], resumed_label_map: dict | None, resume: str | Path | None):
+    """Training and validation records of the sources ``cfg["data"]`` names, the label map, and what each
+    source annotates; a resumed run keeps the label map it was trained with."""
+    from lesiondet.detection.data import split_records
+    from lesiondet.io.labels import LabelMap
+    from lesiondet.io.sources import Source, read_sources
+    from lesiondet.io.voc import read_voc_dir
+
+    data = cfg["data"]
+    sources = [Source.from_dict(d) for d in data["sources"]]
+    records, label_map, annotated = read_sources(sources, data["images"])
+    if resumed_label_map is not None:
+        label_map = LabelMap.from_dict({**resumed_label_map, "default_aliases": False}, str(resume))
+    if data["val"]:
+        return records, read_voc_dir(data["val"], label_map, data["images"]), label_map, annotated, len(sources)
+    if len(records) < 2:
+        raise LesiondetError(sources[0].voc, "only one annotated image; cannot hold some back for validation",
+                             "add images or pass --val DIR")
+    train_records, val_records = split_records(records, data["val_split"], seed=cfg["train"]["seed"])
+    return train_records, val_records, label_map, annotated, len(sources)
 
 
 def _shared_run_dir(out: str | Path, device) -> Path:
@@ -289,15 +299,29 @@ def grade_voc(voc: str | Path, *, labels: str | Path | None = None, images: str 
 def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: float = 0.2, head: str = "both",
               arch: str | None = None, pretrained: str | None = None, config: str | Path | None = None,
               epochs: int | None = None, batch: int | None = None, time_limit: float | None = None,
-              device: str = "auto", out: str | Path = "runs/oct", log: Log = _quiet) -> dict[str, Any]:
-    """Train the OCT B-scan classifier (fine-tuned and/or linear head) with a patient-grouped split."""
+              device: str = "auto", out: str | Path = "runs/oct", resume: str | Path | None = None,
+              log: Log = _quiet) -> dict[str, Any]:
+    """Train the OCT B-scan classifier (fine-tuned and/or linear head) with a patient-grouped split.
+
+    ``resume`` continues from a ``last.pt`` with the settings it stored (pass the same ``data``).
+    """
     from lesiondet.config import load_section
     from lesiondet.device import resolve_device
+    from lesiondet.engine.checkpoint import load_checkpoint
     from lesiondet.oct.classify import patient_split, read_oct_data, read_scan, train_oct
 
     cfg = load_section("oct", config, "OCT config", "pass a YAML such as configs/models/oct.yaml")
-    cfg.update({k: v for k, v in {"epochs": epochs, "batch": batch, "arch": arch,
-                                  "pretrained": pretrained}.items() if v is not None})
+    if resume:
+        ck = load_checkpoint(resume)
+        if "optimizer" not in ck:
+            raise LesiondetError(resume, "this checkpoint cannot be resumed (no optimizer state)",
+                                 "resume from last.pt, not best.pt")
+        cfg, head = dict(ck["config"]), "both" if "linear" in ck["heads"] else "finetune"
+        if epochs:
+            cfg["epochs"] = epochs
+    else:
+        cfg.update({k: v for k, v in {"epochs": epochs, "batch": batch, "arch": arch,
+                                      "pretrained": pretrained}.items() if v is not None})
     samples = read_oct_data(data)
     if val:
         train_s, val_s = samples, read_oct_data(val)
@@ -308,12 +332,12 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
         raise LesiondetError(data, f"only one class ({classes[0]})", "add scans of at least one other class")
     for s in train_s + val_s:
         read_scan(s.path)  # a bad file fails now, not in epoch five
-    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
     counts = Counter(s.label for s in train_s)
     log(f"OCT: training on {len(train_s)} scans ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
         f"from {len({s.patient for s in train_s})} patients, validating on {len(val_s)} scans from "
         f"{len({s.patient for s in val_s})} other patients; run folder {run_dir}")
-    return train_oct(train_s, val_s, classes, cfg, run_dir, resolve_device(device), head, time_limit, log)
+    return train_oct(train_s, val_s, classes, cfg, run_dir, resolve_device(device), head, time_limit, log, resume)
 
 
 def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str | None = None, topk: int = 4,

@@ -44,6 +44,17 @@ def voc_dir(tmp_path: Path):
     return make
 
 
+#: Fixtures that train a model (through the CLI): a test that uses one is end-to-end.
+E2E_FIXTURES = {"trained_run", "oct_run", "onnx_file"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``pytest -m "not e2e"`` is the fast tier: unit tests only, under a minute."""
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path, monkeypatch):
     """Each test runs in its own folder, so default outputs (runs/…) never land in the repository."""

@@ -24,6 +24,7 @@ def add(sub) -> None:
     ot.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
     ot.add_argument("--device", default="auto")
     ot.add_argument("--out", default="runs/oct", help="run folder; numbered if it exists")
+    ot.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
     ot.set_defaults(func=run_train)
     op = osub.add_parser("predict", help="class and probabilities for OCT scans")
     op.add_argument("images", nargs="+", help="scan files or folders")
@@ -51,7 +52,7 @@ def run_train(a: argparse.Namespace) -> int:
 
     s = api.oct_train(a.data, val=a.val, val_split=a.val_split, head=a.head, arch=a.arch, pretrained=a.pretrained,
                       config=a.config, epochs=a.epochs, batch=a.batch, time_limit=a.time_limit, device=a.device,
-                      out=a.out, log=say)
+                      out=a.out, resume=a.resume, log=say)
     for head, acc in s["val"].items():
         say(f"{head} head: validation accuracy {acc:.3f}")
     say(f"weights {s['out_dir']}/best.pt" + (f", curves {s['out_dir']}/curves.png" if s["history"] else ""))

@@ -194,7 +194,7 @@ class Trainer:
             for epoch in range(max(first, offset), offset + phase.epochs):
                 if self._out_of_time() and self.history:
                     epoch -= 1
-                    self.stopped_early = True
+                    self._mark_stopped()
                     if self.main:
                         self.log(f"time limit of {self.time_limit_min:g} min leaves no room for epoch {epoch + 2}")
                     break
@@ -263,32 +263,49 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, pi: int, phase: Phase, sums, n, opt, sched) -> bool:
         """Validate, record, save; True when training should stop (time, or patience spent)."""
-        stop_for_patience = False
+        metrics = None
         if self.main:
             t_val = time.monotonic()
             metrics = self.task.validate(self.model, self.device)
             self.val_s = time.monotonic() - t_val
-            row = {"epoch": epoch + 1, "phase": phase.name, "time_s": round(time.monotonic() - self.t_start, 1),
-                   "lr": opt.param_groups[0]["lr"], **{k: v / max(1, n) for k, v in sums.items()},
-                   **self.task.history_row(metrics)}
-            self.history.append(row)
-            fit = self.task.fitness(metrics)
-            is_best = fit > self.best + 1e-12
-            self.bad_epochs = 0 if is_best else self.bad_epochs + 1
-            self.best = max(self.best, fit)
-            self._save(epoch, pi, metrics, is_best, opt, sched)
-            self.log(f"epoch {epoch + 1} ({phase.name})  " + "  ".join(
-                f"{k} {v:.3f}" for k, v in row.items() if k not in ("epoch", "phase", "time_s", "lr")
-                and isinstance(v, float) and not k.startswith(("loss_", "val_AP50_")))
-                + ("  *best*" if is_best else ""))
-            stop_for_patience = bool(self.cfg.patience) and self.bad_epochs >= self.cfg.patience
-            if stop_for_patience and pi == len(self.phases) - 1:
-                self.log(f"early stop: validation has not improved for {self.bad_epochs} epochs")
+        # no room for another epoch and its validation: say so in this epoch's last.pt
+        if self.budget is not None and not self.stopped_early and self._out_of_time():
+            self.stopped_early = True
+        stop_for_patience = self._record(epoch, pi, phase, sums, n, opt, sched, metrics) if self.main else False
         if self.world > 1:
             flag = torch.tensor([1.0 if stop_for_patience else 0.0], device=self.device)
             torch.distributed.broadcast(flag, 0)
             stop_for_patience = bool(flag.item())
         return self.stopped_early or stop_for_patience
+
+    def _record(self, epoch: int, pi: int, phase: Phase, sums, n, opt, sched, metrics) -> bool:
+        """History row, best fitness, checkpoints and the log line; True when patience is spent."""
+        row = {"epoch": epoch + 1, "phase": phase.name, "time_s": round(time.monotonic() - self.t_start, 1),
+               "lr": opt.param_groups[0]["lr"], **{k: v / max(1, n) for k, v in sums.items()},
+               **self.task.history_row(metrics)}
+        self.history.append(row)
+        fit = self.task.fitness(metrics)
+        is_best = fit > self.best + 1e-12
+        self.bad_epochs = 0 if is_best else self.bad_epochs + 1
+        self.best = max(self.best, fit)
+        self._save(epoch, pi, metrics, is_best, opt, sched)
+        self.log(f"epoch {epoch + 1} ({phase.name})  " + "  ".join(
+            f"{k} {v:.3f}" for k, v in row.items() if k not in ("epoch", "phase", "time_s", "lr")
+            and isinstance(v, float) and not k.startswith(("loss_", "val_AP50_")))
+            + ("  *best*" if is_best else ""))
+        spent = bool(self.cfg.patience) and self.bad_epochs >= self.cfg.patience
+        if spent and pi == len(self.phases) - 1:
+            self.log(f"early stop: validation has not improved for {self.bad_epochs} epochs")
+        return spent
+
+    def _mark_stopped(self) -> None:
+        """The clock ran out between epochs: the last.pt already written says so too."""
+        self.stopped_early = True
+        last = self.out_dir / "last.pt"
+        if self.main and last.is_file():
+            state = load_checkpoint(last)
+            if not state.get("stopped_early"):
+                save_checkpoint(last, {**state, "stopped_early": True})
 
     def _save(self, epoch: int, pi: int, metrics: Mapping[str, Any], is_best: bool, opt, sched) -> None:
         state = {**self.task.meta(), "model": self.model.state_dict(), "epoch": epoch, "phase": pi,

@@ -29,13 +29,6 @@ DEFAULT_ALIASES: dict[str, str] = {
     "he_ma": "HE_MA", "haemorrhage_microaneurysm": "HE_MA",
 }
 
-#: Display names, used in reports.
-FULL_NAMES = {
-    "MA": "microaneurysm", "HE": "haemorrhage", "EX": "hard exudate",
-    "SE": "soft exudate", "OD": "optic disc", "HE_MA": "haemorrhage or microaneurysm",
-}
-
-
 def normalise(name: str) -> str:
     """Fold case, spaces and hyphens so 'Hard Exudate' and 'hard-exudate' match."""
     return re.sub(r"[\s\-]+", "_", name.strip()).lower()

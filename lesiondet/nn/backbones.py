@@ -132,7 +132,3 @@ def require_cached(weights) -> None:
         raise LesiondetError(None, f"torchvision weights {Path(weights.url).name} are not in the cache ({cache})",
                              "download them once on a machine with internet into that folder, "
                              "or use --pretrained imagenet (EfficientNet-Lite0, installed offline) or none")
-
-
-def num_levels(stages: Sequence[int]) -> int:
-    return len(stages) + 1  # plus LastLevelMaxPool

@@ -5,12 +5,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from lesiondet.cli import main
 from lesiondet.errors import LesiondetError
 from lesiondet.oct.classify import (OctClassifier, classification_metrics, class_weights, patient_of, patient_split, read_oct_data, read_scan)
 
-from .conftest import OCT_FAST as FAST
+from tests.conftest import OCT_FAST as FAST
 
 
 def test_kermany_names_give_the_patient():
@@ -151,3 +152,17 @@ def test_real_kermany_scans_split_by_patient_train_and_predict(shared_data, tmp_
     m = classification_metrics([clf.classes.index(s.label) for s in val], proba, clf.classes)
     assert np.array(m["confusion"]).sum() == len(val)
     assert all(v["sensitivity"] is None or 0 <= v["sensitivity"] <= 1 for v in m["per_class"].values())
+
+
+@pytest.mark.e2e
+def test_oct_training_resumes_from_last_pt(oct_sample, oct_fast_config, tmp_path):
+    out = tmp_path / "run"
+    assert main(["oct", "train", "--data", str(oct_sample), "--config", str(oct_fast_config), "--out", str(out),
+                 "--device", "cpu", "--head", "finetune"]) == 0
+    first = torch.load(out / "last.pt", weights_only=True)
+    assert [r["epoch"] for r in first["history"]] == [1, 2] and (out / "config.yaml").is_file()
+    assert main(["oct", "train", "--data", str(oct_sample), "--resume", str(out / "last.pt"), "--epochs", "2",
+                 "--device", "cpu"]) == 0
+    done = torch.load(out / "last.pt", weights_only=True)
+    assert [r["epoch"] for r in done["history"]] == [1, 2, 3]
+    assert [r["phase"] for r in done["history"]] == ["head", "all", "all"]

@@ -6,7 +6,7 @@ import pytest
 from lesiondet.io.sources import parse_source, read_sources
 from lesiondet.errors import LesiondetError
 
-from .conftest import write_image, write_xml
+from tests.conftest import write_image, write_xml
 
 
 def _folder(root: Path, name: str, objects) -> Path:

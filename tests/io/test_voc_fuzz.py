@@ -15,7 +15,7 @@ from lesiondet.errors import ImageError, VocError
 from lesiondet.io.labels import default_label_map
 from lesiondet.io.voc import parse_voc
 
-from .conftest import write_image
+from tests.conftest import write_image
 
 LM = default_label_map()
 FOLDER = Path(tempfile.mkdtemp(prefix="vocfuzz_"))

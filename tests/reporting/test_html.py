@@ -13,7 +13,7 @@ from lesiondet.grading.rules import grade
 from lesiondet.reporting.html import ReportWriter, flags_for
 from lesiondet.io.voc import VocObject, VocRecord
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 ARTIFACTS = Path(os.environ.get("LESIONDET_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
 

@@ -10,9 +10,7 @@ import torch
 from lesiondet.cli import main
 from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint, to_plain
 
-from .conftest import write_image, write_xml
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import write_image, write_xml
 
 
 class _Payload:
@@ -51,6 +49,7 @@ def _commands(pt, grader, tmp_path):
     }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["detect", "eval", "export", "oct predict", "grade", "train --resume"])
 def test_a_code_carrying_model_file_is_refused_without_running_it(command, malicious, tmp_path, capsys):
     pt, grader, marker = malicious

@@ -10,7 +10,9 @@ import torch
 
 from lesiondet.cli import main
 
-from .conftest import ROOT, write_image, write_xml
+from tests.conftest import ROOT, write_image, write_xml
+
+pytestmark = pytest.mark.e2e  # through the CLI, with trained models
 
 
 def test_train_writes_a_complete_run_folder(trained_run: Path):

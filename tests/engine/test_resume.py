@@ -15,6 +15,8 @@ import torch
 
 from lesiondet.cli import main
 
+pytestmark = pytest.mark.e2e  # through the CLI, with trained models
+
 # Three epochs of ~20 iterations each, augmentation on, data loading in the main process:
 # enough time to kill the run inside epoch 2.
 CONFIG = """

@@ -1,6 +1,5 @@
 """The ICDR grader: the rules at their boundaries, quadrants, DME flag, explanations, learned path."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

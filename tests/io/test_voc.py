@@ -7,7 +7,7 @@ from lesiondet.errors import ImageError, VocError
 from lesiondet.io.labels import LabelMap, default_label_map, load_label_map
 from lesiondet.io.voc import VocObject, VocRecord, parse_voc, read_voc_dir, write_voc
 
-from .conftest import write_image, write_xml
+from tests.conftest import write_image, write_xml
 
 LM = default_label_map()
 
@@ -41,7 +41,7 @@ def test_aliases_map_to_canonical_classes(voc_dir, name, expected):
 
 
 def test_merged_class_stays_its_own_class(shared_data):
-    lm = load_label_map(Path(__file__).parents[1] / "configs/datasets/codras.yaml")
+    lm = load_label_map(Path(__file__).parents[2] / "configs/datasets/codras.yaml")
     assert lm.classes == ("OD", "EX", "HE_MA")
     assert lm.resolve("haemorrhage") == "HE_MA"
 

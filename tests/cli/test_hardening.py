@@ -19,7 +19,9 @@ from PIL import Image
 
 from lesiondet.cli import main
 
-from .conftest import write_xml
+from tests.conftest import write_xml
+
+pytestmark = pytest.mark.e2e  # through the CLI, with trained models
 
 SIZE = (96, 80)  # width, height of the synthetic good images
 

@@ -7,7 +7,7 @@ from lesiondet.detection.metrics import coco_map
 from lesiondet.io.labels import load_label_map
 from lesiondet.io.voc import read_voc_dir
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 
 
 @pytest.mark.parametrize("name,n_images,classes", [
