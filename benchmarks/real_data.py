@@ -45,6 +45,18 @@ def make_split(dataset: str, out: Path) -> tuple[Path, Path, Path]:
     folder = Path(src.voc) if Path(src.voc).is_absolute() else ROOT / src.voc
     records = read_voc_dir(folder, src.label_map())
     train, val = split_records(records, 0.2, seed=0)
+    # A photograph that is also in train would leak into the scores: CODRAS holds 4 byte-identical
+    # pairs, 2 of them across this split (found by `lesiondet data stats --against`). Drop the val copy.
+    from lesiondet.io.stats import near_duplicates
+
+    leaked = {Path(d["a"]).name for d in near_duplicates(val, train)}
+    if leaked:
+        print(f"{dataset}: {len(leaked)} validation photograph(s) are copies of training ones, left out of val: "
+              f"{', '.join(sorted(leaked))}", file=sys.stderr)
+        val = [r for r in val if r.image_path.name not in leaked]
+    import shutil
+
+    shutil.rmtree(out / "val", ignore_errors=True)
     for name, recs in (("train", train), ("val", val)):
         for sub in ("Annotations", "JPEGImages"):
             (out / name / sub).mkdir(parents=True, exist_ok=True)

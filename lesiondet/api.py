@@ -400,3 +400,84 @@ def synth(out: str | Path, *, n_train: int = 24, n_val: int = 6, n_test: int = 6
     if oct:
         return write_oct_sample(out, per_class=n_train, seed=seed)
     return write_sample(out, n_train, n_val, n_test, size, seed)
+
+
+# --------------------------------------------------------------------------- bring your own data
+def convert(out: str | Path, *, source: str | None = None, to: str | None = None, voc: str | Path | None = None,
+            label_map: str | Path | None = None, masks: str | Path | None = None, images: str | Path | None = None,
+            colours: str | Path | None = None, class_dirs: bool = False, min_area: int = 0,
+            merge_distance: float = 0, keep_masks: bool = False, json: str | Path | None = None,
+            labels: str | Path | None = None, names: str | Path | None = None,
+            unknown_colours: str = "error") -> dict[str, Any]:
+    """Masks, COCO or YOLO (``source``) into a labelImg folder, or a VOC folder into COCO or YOLO (``to``).
+
+    Returns ``{"out", "images", "objects", "classes", "notes"}``.
+    """
+    from lesiondet.io import convert as cv
+    from lesiondet.io.labels import default_label_map, load_label_map
+    from lesiondet.io.voc import present_labels, read_voc_dir
+
+    if (source is None) == (to is None):
+        raise LesiondetError(None, "say which way to convert", "pass --from masks|coco|yolo, or --voc DIR --to coco|yolo")
+    extra: dict[str, Path] = {}
+    notes: list[str] = []
+    if to is not None:
+        if voc is None:
+            raise LesiondetError(None, "--to needs a VOC folder", "pass --voc DIR")
+        lm = load_label_map(label_map) if label_map else default_label_map()
+        records = read_voc_dir(voc, lm, images)
+        present = present_labels(records)
+        classes = [c for c in lm.classes if c in present] if not label_map else list(lm.classes)
+        written = (cv.write_coco if to == "coco" else cv.write_yolo)(records, classes, out)
+    else:
+        need = {"masks": (masks, images), "coco": (json, images), "yolo": (labels, names, images)}[source]
+        if any(v is None for v in need):
+            raise LesiondetError(None, f"--from {source} needs " + {"masks": "--masks and --images",
+                                 "coco": "--json and --images", "yolo": "--labels, --names and --images"}[source],
+                                 "see lesiondet convert --help")
+        if source == "masks":
+            records = cv.masks_to_records(masks, images, colours, class_dirs, min_area, merge_distance,
+                                          unknown_colours, notes)
+            given = list(cv.load_colours(colours)) if colours is not None else []
+            classes = given or sorted({o.label for r in records for o in r.objects})
+            if keep_masks:
+                from lesiondet.fileio import list_dir
+
+                for folder in ([p for p in list_dir(masks) if p.is_dir()] if class_dirs else [Path(masks)]):
+                    for r in records:
+                        m = cv._find_mask(folder, r.image_path.stem)
+                        if m is not None:
+                            extra[f"masks/{folder.name + '/' if class_dirs else ''}{m.name}"] = m
+        elif source == "coco":
+            records, classes = cv.coco_to_records(json, images)
+        else:
+            records, classes = cv.yolo_to_records(labels, names, images)
+        written = cv.write_labelimg_folder(records, classes, out, extra)
+    return {"out": str(written), "images": len(records), "objects": sum(len(r.objects) for r in records),
+            "classes": list(classes), "notes": notes}
+
+
+def data_stats(voc: str | Path, *, labels: str | Path | None = None, images: str | Path | None = None,
+               against: str | Path | None = None, out: str | Path = "runs/stats") -> dict[str, Any]:
+    """Counts, lesion sizes, empty images, border boxes, warnings and near-duplicates of a VOC folder.
+
+    Writes ``stats.json``, ``sizes.png`` and a one-page ``stats.html`` to a numbered ``out`` folder.
+    """
+    import base64
+
+    from lesiondet.fileio import write_json, write_text
+    from lesiondet.io.labels import default_label_map, load_label_map
+    from lesiondet.io.stats import dataset_stats, plot_sizes, stats_html
+    from lesiondet.io.voc import read_voc_dir
+
+    lm = load_label_map(labels) if labels else default_label_map()
+    records = read_voc_dir(voc, lm, images)
+    other = read_voc_dir(against, lm, images) if against else None
+    stats = dataset_stats(records, other)
+    run = next_run_dir(Path(out).parent, Path(out).name)
+    png = plot_sizes(run / "sizes.png", records, f"{voc}: object sizes")
+    page = stats_html(stats, "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(), f"{voc}")
+    write_text(run / "stats.html", page)
+    write_json(run / "stats.json", stats)
+    stats["out"] = str(run)
+    return stats

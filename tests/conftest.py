@@ -44,8 +44,8 @@ def voc_dir(tmp_path: Path):
     return make
 
 
-#: Fixtures that train a model (through the CLI): a test that uses one is end-to-end.
-E2E_FIXTURES = {"trained_run", "oct_run", "onnx_file"}
+#: Fixtures that train a model (through the CLI) or read the shared real data sets: a test using one is end-to-end.
+E2E_FIXTURES = {"trained_run", "oct_run", "onnx_file", "shared_data"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,11 +9,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from lesiondet.cli import detect, eval, export, grade, oct, synth, train
+from lesiondet.cli import convert, data, detect, eval, export, grade, oct, synth, train
 from lesiondet.cli.common import Parser, error
 from lesiondet.errors import LesiondetError
 
-COMMANDS = (train, detect, eval, grade, oct, export, synth)
+COMMANDS = (train, detect, eval, grade, oct, export, convert, data, synth)
 
 
 def build_parser() -> argparse.ArgumentParser:
