@@ -151,9 +151,7 @@ def main() -> None:
     ort_net(singles[0]), network(singles[0])  # warm-up
     eager1_s, _, _ = timed(lambda: tile_batches(network, singles))
     ort1_s, _, _ = timed(lambda: tile_batches(ort_net, singles))
-    onnx_pred = Predictor(onnx_path, score=0.3)
-    onnx_pred.network = ort_net  # the same thread count as torch
-    onnx_pred.model.network = ort_net
+    onnx_pred = Predictor(onnx_path, score=0.3, threads=a.threads)  # the same thread count as torch
     ort_sliced_s, _, _ = timed(lambda: [onnx_pred.predict_array(im) for im in imgs])
     pt_sliced_s, _, _ = timed(lambda: [sliced.predict_array(im) for im in imgs])
 

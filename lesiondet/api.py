@@ -444,8 +444,9 @@ def convert(out: str | Path, *, source: str | None = None, to: str | None = None
                 from lesiondet.fileio import list_dir
 
                 for folder in ([p for p in list_dir(masks) if p.is_dir()] if class_dirs else [Path(masks)]):
+                    index = cv.mask_index(folder)
                     for r in records:
-                        m = cv._find_mask(folder, r.image_path.stem)
+                        m = index.get(r.image_path.stem)
                         if m is not None:
                             extra[f"masks/{folder.name + '/' if class_dirs else ''}{m.name}"] = m
         elif source == "coco":

@@ -259,14 +259,14 @@ class Predictor:
     """
 
     def __init__(self, weights: str | Path, device: str = "auto", score: float = 0.3, *,
-                 trust_legacy: bool = False, **tiling: Any) -> None:
+                 trust_legacy: bool = False, threads: int | None = None, **tiling: Any) -> None:
         self.weights = Path(weights)
         self.score = score
         if self.weights.suffix.lower() == ".onnx":
             from lesiondet.export.onnx import OnnxDetector
 
             self.device = torch.device("cpu")
-            self.network = OnnxDetector(self.weights, score)
+            self.network = OnnxDetector(self.weights, score, threads)  # threads: onnxruntime's (default: all)
             ckpt = self.network.meta
             self.classes = list(ckpt["classes"])
         else:

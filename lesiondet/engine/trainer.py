@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -68,7 +68,6 @@ class LoopConfig:
     sampler: Callable[[Dataset, torch.Generator], Sampler] | None = None  # e.g. resampling a small set
     on_best: Callable[[Path, Mapping[str, Any], int], None] | None = None
     augment: Any = None  # an albumentations Compose whose random stream the checkpoint carries
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Schedule:

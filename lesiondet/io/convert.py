@@ -117,12 +117,19 @@ def _mask_objects(mask: np.ndarray, colours: Mapping[str, tuple[int, int, int]],
     return objs
 
 
-def _find_mask(folder: Path, stem: str) -> Path | None:
-    """``stem.ext`` in ``folder``, or ``stem_ANYTHING.ext`` (IDRiD's ``IDRiD_01_MA.tif``)."""
-    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if p.suffix.lower() in IMAGE_SUFFIXES + (".gif",) and (p.stem == stem or p.stem.startswith(stem + "_")):
-            return p
-    return None
+def mask_index(folder: Path) -> dict[str, Path]:
+    """Masks in ``folder`` by the image stem they belong to: ``stem.ext`` or ``stem_ANYTHING.ext``
+    (IDRiD's ``IDRiD_01_MA.tif``); an exact stem wins over a prefix."""
+    index: dict[str, Path] = {}
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".gif",)) \
+        if folder.is_dir() else []
+    for p in files:  # prefixes first, so the exact stems written after them take precedence
+        parts = p.stem.split("_")
+        for k in range(1, len(parts)):
+            index.setdefault("_".join(parts[:k]), p)
+    for p in files:
+        index[p.stem] = p
+    return index
 
 
 def _images(folder: str | Path) -> list[tuple[Path, int, int]]:
@@ -153,11 +160,12 @@ def masks_to_records(masks: str | Path, images: str | Path, colours: str | Path 
     class_folders = sorted(p for p in list_dir(masks) if p.is_dir()) if class_dirs else []
     if class_dirs and not class_folders:
         raise LesiondetError(masks, "no class sub-folders", "put each class's masks in a folder named after it")
+    indexes = [(folder, mask_index(folder)) for folder in class_folders or [masks]]
     records = []
     for img, w, h in _images(images):
         objs: list[VocObject] = []
-        for folder in class_folders or [masks]:
-            m = _find_mask(folder, img.stem)
+        for folder, index in indexes:
+            m = index.get(img.stem)
             if m is None:
                 if class_dirs:
                     continue  # this class is absent from this image

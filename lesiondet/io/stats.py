@@ -47,7 +47,8 @@ def _fingerprint(path: Path) -> tuple[int, np.ndarray]:
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.array([bin(int(v)).count("1") for v in x.ravel()]).reshape(x.shape)
+    """Set bits of each uint64."""
+    return np.unpackbits(np.ascontiguousarray(x, np.uint64).view(np.uint8)).reshape(*x.shape, 64).sum(-1)
 
 
 def near_duplicates(a: Sequence[VocRecord], b: Sequence[VocRecord] | None = None) -> list[dict[str, Any]]:
