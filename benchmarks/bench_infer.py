@@ -41,9 +41,9 @@ import torch  # noqa: E402
 
 from lesiondet.detection.data import fit_to, to_tensor  # noqa: E402
 from lesiondet.detection.detect import detect_files  # noqa: E402
-from lesiondet.images import read_rgb  # noqa: E402
 from lesiondet.detection.predict import Predictor, sliced_predict, tile_windows  # noqa: E402
 from lesiondet.export.onnx import OnnxDetector, export  # noqa: E402
+from lesiondet.images import read_rgb  # noqa: E402
 from lesiondet.io.voc import IMAGE_SUFFIXES  # noqa: E402
 
 
@@ -54,9 +54,9 @@ def default_images() -> Path:
 
 def fresh_checkpoint(path: Path, tile: int) -> Path:
     """The default detector (ImageNet backbone, untrained heads) saved as a lesiondet checkpoint."""
-    from lesiondet.io.labels import default_label_map
     from lesiondet.detection.model import CHECKPOINT_FORMAT, build_detector, resolve_arch
     from lesiondet.detection.slicing import resolve_tiling
+    from lesiondet.io.labels import default_label_map
 
     lm = default_label_map()
     arch = resolve_arch(None)

@@ -143,8 +143,8 @@ def plain_predict(val: Path, labels: Path, out: Path, threads: int) -> Path:
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
     from lesiondet.detection.data import to_tensor
-    from lesiondet.images import read_rgb
     from lesiondet.detection.predict import detections_from_output
+    from lesiondet.images import read_rgb
     from lesiondet.io.labels import load_label_map
     from lesiondet.io.voc import read_voc_dir, write_voc
 

@@ -242,8 +242,13 @@ def grade_voc(voc: str | Path, *, labels: str | Path | None = None, images: str 
     import numpy as np
 
     from lesiondet.fileio import write_json
-    from lesiondet.grading.learned import (OrdinalGrader, features, plot_confusion, quadratic_weighted_kappa,
-                                           read_labels_csv)
+    from lesiondet.grading.learned import (
+        OrdinalGrader,
+        features,
+        plot_confusion,
+        quadratic_weighted_kappa,
+        read_labels_csv,
+    )
     from lesiondet.grading.rules import GRADE_NAMES, GradingConfig, grade_record
     from lesiondet.io.labels import load_label_map
     from lesiondet.io.voc import read_voc_dir

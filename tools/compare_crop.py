@@ -20,11 +20,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lesiondet.detection.metrics import _hits  # noqa: E402
+from lesiondet.detection.slicing import objects_in  # noqa: E402
 from lesiondet.images import read_rgb  # noqa: E402
 from lesiondet.io.labels import load_label_map  # noqa: E402
-from lesiondet.reporting.draw import draw, write_png  # noqa: E402
-from lesiondet.detection.slicing import objects_in  # noqa: E402
 from lesiondet.io.voc import VocRecord, parse_voc  # noqa: E402
+from lesiondet.reporting.draw import draw, write_png  # noqa: E402
 
 
 def inside(rec: VocRecord, win: tuple[int, int, int, int], classes: set[str] | None = None) -> list:

@@ -12,10 +12,18 @@ import torch
 from torch.utils.data import Dataset
 
 from lesiondet.config import check_section, defaults
+from lesiondet.detection.slicing import (
+    big_enough,
+    crop_objects,
+    low_res_fov,
+    sample_window,
+    samples_per_image,
+    should_slice,
+    window_size,
+)
 from lesiondet.errors import ImageError
 from lesiondet.images import read_rgb
 from lesiondet.io.labels import LabelMap
-from lesiondet.detection.slicing import (big_enough, crop_objects, low_res_fov, sample_window, samples_per_image, should_slice, window_size)
 from lesiondet.io.voc import VocObject, VocRecord
 
 DEFAULT_AUGMENT: dict[str, Any] = defaults("augment")

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-
+from lesiondet.detection.predict import Predictor
 from lesiondet.errors import LesiondetError
 from lesiondet.fileio import write_json, write_text
 from lesiondet.grading.rules import Grade, GradingConfig, grade
-from lesiondet.detection.predict import Predictor
+from lesiondet.io.voc import VocRecord, write_voc
 from lesiondet.progress import progress
 from lesiondet.reporting.draw import detections_json, draw, write_png
-from lesiondet.io.voc import VocRecord, write_voc
 
 
 @dataclass

@@ -14,9 +14,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from lesiondet.nn import backbones
 from lesiondet.config import check_section, defaults
 from lesiondet.errors import CheckpointError, LesiondetError
+from lesiondet.nn import backbones
 
 DEFAULT_ARCH: dict[str, Any] = defaults("model")
 
@@ -44,9 +44,8 @@ def _backbone(arch: Mapping[str, Any], load_pretrained: bool):
     if pretrained == "imagenet":
         raise LesiondetError(None, f"offline ImageNet weights exist only for efficientnet_lite0, not {name}",
                              "use --pretrained torchvision (needs the hub cache) or none")
-    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, mobilenet_v3_large, resnet50
     from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
-    from torchvision.models import mobilenet_v3_large, resnet50
     from torchvision.ops import misc
 
     trainable = 3 if pretrained == "torchvision" else (6 if name == "mobilenet_v3_large" else 5)

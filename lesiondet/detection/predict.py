@@ -10,15 +10,23 @@ import numpy as np
 import torch
 
 from lesiondet.detection.data import fit_to, to_tensor
+from lesiondet.detection.merging import drop_cut_boxes, merge_detections
+from lesiondet.detection.model import detector_from_checkpoint
+from lesiondet.detection.slicing import (
+    big_enough,
+    fov_share,
+    low_res_fov,
+    resolve_tiling,
+    should_slice,
+    slice_windows,
+    window_size,
+)
 from lesiondet.device import resolve_device
+from lesiondet.engine.checkpoint import load_checkpoint
 from lesiondet.errors import LesiondetError
 from lesiondet.images import read_rgb
-from lesiondet.detection.model import detector_from_checkpoint
-from lesiondet.engine.checkpoint import load_checkpoint
-from lesiondet.progress import progress as progress_bar
-from lesiondet.detection.slicing import (big_enough, fov_share, low_res_fov, resolve_tiling, should_slice, slice_windows, window_size)
-from lesiondet.detection.merging import drop_cut_boxes, merge_detections
 from lesiondet.io.voc import VocObject, VocRecord
+from lesiondet.progress import progress as progress_bar
 
 
 def detections_from_output(out: dict, classes: Sequence[str], score: float) -> list[VocObject]:

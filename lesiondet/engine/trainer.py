@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lesiondet.device import init_distributed
 from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
-from lesiondet.engine.rng import augment_state, rng_state, seed_augment, seed_everything, set_augment_state, set_rng_state
+from lesiondet.engine.rng import (
+    augment_state,
+    rng_state,
+    seed_augment,
+    seed_everything,
+    set_augment_state,
+    set_rng_state,
+)
 from lesiondet.progress import progress
 from lesiondet.reporting.plots import plot_curves, write_metrics_csv
 

@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from lesiondet.errors import LesiondetError
-from lesiondet.nn.logistic import PlainLogistic
 from lesiondet.grading.rules import Grade, GradingConfig, grade
 from lesiondet.io.voc import VocRecord
+from lesiondet.nn.logistic import PlainLogistic
 
 GRADER_FORMAT = "lesiondet-grader/2"  # 1: lesiondet 0.1, a pickle
 FEATURES = ("log_MA", "log_HE", "log_EX", "log_SE", "area_HE", "area_EX", "area_SE",

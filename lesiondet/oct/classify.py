@@ -23,14 +23,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lesiondet.engine.trainer import Phase
-from lesiondet.nn.logistic import PlainLogistic
-
 from lesiondet.config import defaults
+from lesiondet.engine.trainer import Phase
 from lesiondet.errors import LesiondetError
 from lesiondet.images import read_rgb
-from lesiondet.progress import progress as progress_bar
 from lesiondet.io.voc import IMAGE_SUFFIXES
+from lesiondet.nn.logistic import PlainLogistic
+from lesiondet.progress import progress as progress_bar
 
 OCT_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 OCT_FORMAT = "lesiondet-oct/2"  # 1: lesiondet 0.1, sklearn objects inside

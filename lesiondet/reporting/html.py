@@ -22,8 +22,8 @@ import numpy as np
 from lesiondet.detection.data import fit_to
 from lesiondet.fileio import atomic_path
 from lesiondet.grading.rules import Grade
-from lesiondet.reporting.draw import colour
 from lesiondet.io.voc import VocRecord
+from lesiondet.reporting.draw import colour
 
 #: Longest side of the embedded annotated image and of the thumbnails, in pixels.
 VIEW_PX = 1400

@@ -10,6 +10,7 @@ import numpy as np
 from lesiondet.fileio import atomic_path
 from lesiondet.reporting.draw import colour
 
+
 def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:
     keys: list[str] = []
     for r in rows:

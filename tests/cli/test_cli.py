@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lesiondet.cli import main
-
 from tests.conftest import ROOT, write_image, write_xml
 
 pytestmark = pytest.mark.e2e  # through the CLI, with trained models

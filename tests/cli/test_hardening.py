@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from lesiondet.cli import main
-
 from tests.conftest import write_xml
 
 pytestmark = pytest.mark.e2e  # through the CLI, with trained models

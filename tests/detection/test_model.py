@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lesiondet.nn import backbones
-from lesiondet.errors import LesiondetError
 from lesiondet.detection.model import build_detector
+from lesiondet.errors import LesiondetError
+from lesiondet.nn import backbones
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def test_backbone_batch_norm_is_frozen_and_early_blocks_too():
 
 
 def test_offline_imagenet_weights_load_and_classify_a_cat():
-    from skimage import data
     import torch.nn.functional as F
+    from skimage import data
 
     model = backbones.efficientnet_lite0(pretrained=True).eval()
     img = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float()[None] / 255

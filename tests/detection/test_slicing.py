@@ -7,10 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from lesiondet.errors import LesiondetError
-from lesiondet.detection.predict import predict_tiles, sliced_predict
-from lesiondet.detection.slicing import (auto_zoom, crop_objects, resolve_tiling, sample_window, samples_per_image, should_slice, slice_windows, val_windows, window_size)
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections, suppress_nested, weighted_box_fusion
+from lesiondet.detection.predict import predict_tiles, sliced_predict
+from lesiondet.detection.slicing import (
+    auto_zoom,
+    crop_objects,
+    resolve_tiling,
+    sample_window,
+    samples_per_image,
+    should_slice,
+    slice_windows,
+    val_windows,
+    window_size,
+)
+from lesiondet.errors import LesiondetError
 from lesiondet.io.voc import VocObject, VocRecord
 
 

@@ -9,7 +9,6 @@ import torch
 
 from lesiondet.cli import main
 from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint, to_plain
-
 from tests.conftest import write_image, write_xml
 
 

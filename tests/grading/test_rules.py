@@ -7,8 +7,8 @@ from sklearn.metrics import cohen_kappa_score
 
 from lesiondet.cli import main
 from lesiondet.config import DEFAULTS_FILE
-from lesiondet.grading.rules import GradingConfig, grade
 from lesiondet.grading.learned import OrdinalGrader, features, quadratic_weighted_kappa
+from lesiondet.grading.rules import GradingConfig, grade
 from lesiondet.io.voc import VocObject as O
 
 W = H = 1000

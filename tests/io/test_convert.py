@@ -8,11 +8,18 @@ import pytest
 
 from lesiondet.cli import main
 from lesiondet.detection.metrics import coco_map
-from lesiondet.io.convert import (components, coco_to_records, masks_to_records, records_to_coco, write_coco,
-                                  write_labelimg_folder, write_yolo, yolo_to_records)
+from lesiondet.io.convert import (
+    coco_to_records,
+    components,
+    masks_to_records,
+    records_to_coco,
+    write_coco,
+    write_labelimg_folder,
+    write_yolo,
+    yolo_to_records,
+)
 from lesiondet.io.labels import load_label_map
 from lesiondet.io.voc import VocObject, VocRecord, read_voc_dir
-
 from tests.conftest import write_image
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "datasets"

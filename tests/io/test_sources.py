@@ -3,9 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from lesiondet.io.sources import parse_source, read_sources
 from lesiondet.errors import LesiondetError
-
+from lesiondet.io.sources import parse_source, read_sources
 from tests.conftest import write_image, write_xml
 
 

@@ -8,7 +8,6 @@ import numpy as np
 from lesiondet.cli import main
 from lesiondet.io.stats import dataset_stats
 from lesiondet.io.voc import VocObject, VocRecord
-
 from tests.conftest import SAMPLE, write_xml
 
 

@@ -6,7 +6,6 @@ import pytest
 from lesiondet.errors import ImageError, VocError
 from lesiondet.io.labels import LabelMap, default_label_map, load_label_map
 from lesiondet.io.voc import VocObject, VocRecord, parse_voc, read_voc_dir, write_voc
-
 from tests.conftest import write_image, write_xml
 
 LM = default_label_map()

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from lesiondet.errors import ImageError, VocError
 from lesiondet.io.labels import default_label_map
 from lesiondet.io.voc import parse_voc
-
 from tests.conftest import write_image
 
 LM = default_label_map()

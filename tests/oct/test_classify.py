@@ -9,8 +9,15 @@ import torch
 
 from lesiondet.cli import main
 from lesiondet.errors import LesiondetError
-from lesiondet.oct.classify import (OctClassifier, classification_metrics, class_weights, patient_of, patient_split, read_oct_data, read_scan)
-
+from lesiondet.oct.classify import (
+    OctClassifier,
+    class_weights,
+    classification_metrics,
+    patient_of,
+    patient_split,
+    read_oct_data,
+    read_scan,
+)
 from tests.conftest import OCT_FAST as FAST
 
 

@@ -10,9 +10,8 @@ import pytest
 
 from lesiondet.cli import main
 from lesiondet.grading.rules import grade
-from lesiondet.reporting.html import ReportWriter, flags_for
 from lesiondet.io.voc import VocObject, VocRecord
-
+from lesiondet.reporting.html import ReportWriter, flags_for
 from tests.conftest import ROOT
 
 ARTIFACTS = Path(os.environ.get("LESIONDET_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
