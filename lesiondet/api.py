@@ -26,17 +26,13 @@ def _quiet(msg: str) -> None:
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files named directly or found in the folders named; a folder without images is an error."""
-    from lesiondet.fileio import list_dir
-    from lesiondet.io.voc import IMAGE_SUFFIXES
+    from lesiondet.images import list_images
 
     paths: list[Path] = []
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            found = [q for q in list_dir(p) if q.suffix.lower() in IMAGE_SUFFIXES]
-            if not found:
-                raise LesiondetError(p, "no images (.jpg, .png, .tif, .bmp) in this folder", "point at image files")
-            paths += found
+            paths += list_images(p)
         elif p.exists():
             paths.append(p)
         else:
@@ -345,7 +341,7 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
     return train_oct(train_s, val_s, classes, cfg, run_dir, resolve_device(device), head, time_limit, log, resume)
 
 
-def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str | None = None, topk: int = 4,
+def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str | None = None,
                 json: str | Path | None = None, out: str | Path = "runs/oct-predict", device: str = "auto",
                 trust_legacy: bool = False) -> dict[str, Any]:
     """Class probabilities for OCT scans, a picture per scan; returns ``{"predictions", "failures", "out"}``."""
@@ -363,13 +359,11 @@ def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str 
             failures.append(str(e))
             continue
         probs = dict(zip(clf.classes, map(float, clf.predict_proba_arrays([img])[0])))
-        top = sorted(probs.items(), key=lambda kv: -kv[1])[:topk]
-        plot_prediction(run_dir / f"{p.stem}.png", img, probs, f"{p.name}: {top[0][0]} ({top[0][1]:.2f})")
-        docs.append({"image": str(p), "class": top[0][0], "probabilities": probs, "head": clf.head,
-                     "top": top})
+        best = max(probs, key=probs.get)
+        plot_prediction(run_dir / f"{p.stem}.png", img, probs, f"{p.name}: {best} ({probs[best]:.2f})")
+        docs.append({"image": str(p), "class": best, "probabilities": probs, "head": clf.head})
     if json:
-        write_json(json, [{k: v for k, v in d.items() if k != "top"} for d in docs] if len(paths) > 1
-                   else ({k: v for k, v in docs[0].items() if k != "top"} if docs else []))
+        write_json(json, docs if len(paths) > 1 else (docs[0] if docs else []))
     return {"predictions": docs, "failures": failures, "out": run_dir}
 
 

@@ -78,3 +78,15 @@ def _read_16bit_colour(path: Path) -> np.ndarray:
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
     """16-bit samples to uint8: scaled from the full 16-bit range when values exceed 255, else kept."""
     return (arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files in ``folder``, sorted; a folder without any is an error naming it."""
+    from lesiondet.errors import LesiondetError
+    from lesiondet.fileio import list_dir
+    from lesiondet.io.voc import IMAGE_SUFFIXES
+
+    found = [p for p in list_dir(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not found:
+        raise LesiondetError(folder, "no images (.jpg, .png, .tif, .bmp) in this folder", "point at image files")
+    return found

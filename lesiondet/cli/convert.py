@@ -3,17 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from lesiondet.cli.common import say
+from lesiondet.cli.common import number_in, say
 
-
-def _non_negative(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
-    return v
+_non_negative = number_in(0.0, float("inf"), hi_included=True)
 
 
 def add(sub) -> None:

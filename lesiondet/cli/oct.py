@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lesiondet.cli.common import Parser, add_trust_legacy, error, fraction, positive_float, positive_int, say
 
@@ -62,10 +63,11 @@ def run_train(a: argparse.Namespace) -> int:
 def run_predict(a: argparse.Namespace) -> int:
     from lesiondet import api
 
-    r = api.oct_predict(a.images, a.weights, head=a.head, topk=a.topk, json=a.json, out=a.out, device=a.device,
+    r = api.oct_predict(a.images, a.weights, head=a.head, json=a.json, out=a.out, device=a.device,
                         trust_legacy=a.trust_legacy)
     for d in r["predictions"]:
-        print(f"{d['image'].rsplit('/', 1)[-1]}: {d['class']}  " + "  ".join(f"{c} {v:.3f}" for c, v in d["top"]))
+        top = sorted(d["probabilities"].items(), key=lambda kv: -kv[1])[: a.topk]
+        print(f"{Path(d['image']).name}: {d['class']}  " + "  ".join(f"{c} {v:.3f}" for c, v in top))
     say(f"pictures in {r['out']}")
     for f in r["failures"]:
         error(f)

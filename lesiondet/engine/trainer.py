@@ -161,7 +161,7 @@ class Trainer:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        self.best, self.history = ck["best_fitness"], list(ck["history"])
+        self.best = ck["best_fitness"]
         self.bad_epochs = int(ck.get("bad_epochs", 0))
         self.gen.set_state(ck["loader_generator"])
         set_rng_state(ck["rng"])

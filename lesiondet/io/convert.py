@@ -134,12 +134,9 @@ def mask_index(folder: Path) -> dict[str, Path]:
 
 def _images(folder: str | Path) -> list[tuple[Path, int, int]]:
     """``(path, width, height)`` of every image in ``folder``; none is an error."""
-    from lesiondet.fileio import list_dir
+    from lesiondet.images import list_images
 
-    paths = [p for p in list_dir(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not paths:
-        raise LesiondetError(folder, "no images in this folder", "point --images at the photographs")
-    return [(p, *image_size(p)) for p in paths]
+    return [(p, *image_size(p)) for p in list_images(folder)]
 
 
 def masks_to_records(masks: str | Path, images: str | Path, colours: str | Path | None = None,

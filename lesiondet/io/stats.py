@@ -51,15 +51,18 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.ascontiguousarray(x, np.uint64).view(np.uint8)).reshape(*x.shape, 64).sum(-1)
 
 
-def near_duplicates(a: Sequence[VocRecord], b: Sequence[VocRecord] | None = None) -> list[dict[str, Any]]:
+def near_duplicates(a: Sequence[VocRecord], b: Sequence[VocRecord] | None = None,
+                    prints: tuple[list, list | None] | None = None) -> list[dict[str, Any]]:
     """Pairs of near-identical photographs within ``a``, or between ``a`` and ``b``.
 
     Candidates are pairs whose hashes differ by at most ``HASH_DISTANCE`` bits; a candidate is
     reported when the correlation of the two fine-structure thumbnails reaches ``SAME_PICTURE``.
+    ``prints`` passes fingerprints already taken, so a folder is decoded once for both searches.
     """
-    fa = [_fingerprint(r.image_path) for r in a]
-    fb = fa if b is None else [_fingerprint(r.image_path) for r in b]
-    rb = a if b is None else b
+    fa, fb = prints or ([_fingerprint(r.image_path) for r in a], None)
+    if b is not None and fb is None:
+        fb = [_fingerprint(r.image_path) for r in b]
+    fb, rb = (fa, a) if b is None else (fb, b)
     hb = np.array([h for h, _ in fb], np.uint64)
     pairs = []
     for i, (h, t) in enumerate(fa):
@@ -100,7 +103,8 @@ def dataset_stats(records: Sequence[VocRecord], against: Sequence[VocRecord] | N
     for c in classes:
         if per[c]["objects"] < RARE:
             warnings.append(f"class {c} has only {per[c]['objects']} objects (< {RARE}): too few to learn it well")
-    dups = near_duplicates(records)
+    prints = [_fingerprint(r.image_path) for r in records]
+    dups = near_duplicates(records, prints=(prints, None))
     if dups:
         warnings.append(f"{len(dups)} near-duplicate photograph pair(s) in this folder")
     out = {"images": len(records), "objects": sum(len(r.objects) for r in records), "classes": per,
@@ -108,7 +112,7 @@ def dataset_stats(records: Sequence[VocRecord], against: Sequence[VocRecord] | N
            "empty_images": [r.stem for r in records if not r.objects],
            "duplicates": dups, "warnings": warnings}
     if against is not None:
-        leaks = near_duplicates(records, against)
+        leaks = near_duplicates(records, against, prints=(prints, None))
         out["against"] = {"images": len(against), "duplicates": leaks}
         if leaks:
             warnings.append(f"{len(leaks)} photograph(s) appear on both sides (leak between the splits)")
