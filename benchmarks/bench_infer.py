@@ -37,14 +37,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from lesiondet.detection.data import fit_to, to_tensor  # noqa: E402
-from lesiondet.detection.detect import detect_files  # noqa: E402
-from lesiondet.detection.predict import Predictor, sliced_predict, tile_windows  # noqa: E402
-from lesiondet.export.onnx import OnnxDetector, export  # noqa: E402
-from lesiondet.images import read_rgb  # noqa: E402
-from lesiondet.io.voc import IMAGE_SUFFIXES  # noqa: E402
+from lesiondet.detection.data import fit_to, to_tensor
+from lesiondet.detection.detect import detect_files
+from lesiondet.detection.predict import Predictor, sliced_predict, tile_windows
+from lesiondet.export.onnx import OnnxDetector, export
+from lesiondet.images import read_rgb
+from lesiondet.io.voc import IMAGE_SUFFIXES
 
 
 def default_images() -> Path:

@@ -10,9 +10,10 @@ same files as the commands; printing tables is left to the caller.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from lesiondet.errors import LesiondetError
 from lesiondet.fileio import next_run_dir
@@ -40,6 +41,26 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def _readable(paths: Sequence[Path], read: Callable[[Path], Any], failures: list[str]):
+    """``(path, image)`` for each file ``read`` can decode; the others' one-line errors go to ``failures``."""
+    for p in paths:
+        try:
+            yield p, read(p)
+        except LesiondetError as e:
+            failures.append(str(e))
+
+
+def _resumable(resume: str | Path, trust_legacy: bool = False) -> dict[str, Any]:
+    """A ``last.pt`` to continue from; ``best.pt`` has no optimizer state and cannot be resumed."""
+    from lesiondet.engine.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(resume, trust_legacy=trust_legacy)
+    if "optimizer" not in ck:
+        raise LesiondetError(resume, "this checkpoint cannot be resumed (no optimizer state)",
+                             "resume from last.pt, not best.pt")
+    return ck
+
+
 # --------------------------------------------------------------------------- detection
 def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = None, val_split: float = 0.2,
           labels: str | Path | None = None, images: str | Path | None = None, config: str | Path | None = None,
@@ -55,15 +76,11 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
     from lesiondet.detection.data import check_images
     from lesiondet.detection.train import train as train_detector
     from lesiondet.device import resolve_device
-    from lesiondet.engine.checkpoint import load_checkpoint
     from lesiondet.io.sources import parse_source
 
     resume_ck = None
     if resume:
-        resume_ck = load_checkpoint(resume, trust_legacy=trust_legacy)
-        if "optimizer" not in resume_ck:
-            raise LesiondetError(resume, "this checkpoint cannot be resumed (no optimizer state)",
-                                 "resume from last.pt, not best.pt")
+        resume_ck = _resumable(resume, trust_legacy)
         cfg = resume_ck["config"]
         if epochs:
             cfg["train"]["epochs"] = epochs
@@ -132,27 +149,37 @@ def _shared_run_dir(out: str | Path, device) -> Path:
     return Path(holder[0])
 
 
-def detect(images: Sequence[str | Path], weights: str | Path, *, score: float = 0.3,
+def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, score: float = 0.3,
            out: str | Path = "runs/detect", exist_ok: bool = False, grade: bool = False,
-           grading: str | Path | None = None, report: bool = False, device: str = "auto",
-           trust_legacy: bool = False, **tiling: Any):
-    """Detect lesions in image files and folders; returns the ``DetectRun`` (records, grades, failures, report).
+           grading: str | Path | None = None, grader: str | Path | None = None, report: bool = False,
+           device: str = "auto", trust_legacy: bool = False, **tiling: Any):
+    """Detect lesions in image files and folders; returns the ``DetectRun`` (records, grades, finals, failures).
 
+    ``weights`` defaults to the shipped detector. With ``grade``, each photograph is checked for imageability
+    and graded by the image model (``grader``: a grading-CNN best.pt, default the shipped one, ``"none"`` for
+    the lesion rules alone) together with the lesion evidence (``grading.combined``).
     ``tiling`` overrides the checkpoint's slicing (``tile=``, ``overlap=``, ``merge=``, ``slice=``, ``tta=`` ...).
     """
     from lesiondet.detection.detect import detect_files
     from lesiondet.detection.predict import Predictor
     from lesiondet.grading.rules import GradingConfig
+    from lesiondet.weights import default_detector
 
     paths = collect_images(images)
-    predictor = Predictor(weights, device, score, trust_legacy=trust_legacy, **tiling)
+    predictor = Predictor(weights or default_detector(), device, score, trust_legacy=trust_legacy, **tiling)
     grading_cfg = GradingConfig.load(grading) if (grade or report) else None
+    image_model = None
+    if grade and str(grader).lower() != "none":
+        from lesiondet.grading.cnn import GraderCNN
+        from lesiondet.weights import default_grader
+
+        image_model = GraderCNN(grader or default_grader(), device)
     out = Path(out)
     if exist_ok:
         out.mkdir(parents=True, exist_ok=True)
     else:
         out = next_run_dir(out.parent, out.name)
-    run = detect_files(predictor, paths, out, grading=grading_cfg, report=report)
+    run = detect_files(predictor, paths, out, grading=grading_cfg, grader=image_model, report=report)
     run.out, run.classes, run.n_images = out, predictor.classes, len(paths)
     return run
 
@@ -308,15 +335,11 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
     """
     from lesiondet.config import load_section
     from lesiondet.device import resolve_device
-    from lesiondet.engine.checkpoint import load_checkpoint
     from lesiondet.oct.classify import patient_split, read_oct_data, read_scan, train_oct
 
     cfg = load_section("oct", config, "OCT config", "pass a YAML such as configs/models/oct.yaml")
     if resume:
-        ck = load_checkpoint(resume)
-        if "optimizer" not in ck:
-            raise LesiondetError(resume, "this checkpoint cannot be resumed (no optimizer state)",
-                                 "resume from last.pt, not best.pt")
+        ck = _resumable(resume)
         cfg, head = dict(ck["config"]), "both" if "linear" in ck["heads"] else "finetune"
         if epochs:
             cfg["epochs"] = epochs
@@ -343,25 +366,35 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
 
 def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str | None = None,
                 json: str | Path | None = None, out: str | Path = "runs/oct-predict", device: str = "auto",
-                trust_legacy: bool = False) -> dict[str, Any]:
-    """Class probabilities for OCT scans, a picture per scan; returns ``{"predictions", "failures", "out"}``."""
+                trust_legacy: bool = False, seg: str | Path | None = None) -> dict[str, Any]:
+    """Class probabilities for OCT scans, a picture per scan; returns ``{"predictions", "failures", "out"}``.
+
+    With ``seg`` (a fluid U-Net), each scan also gets its fluid area, and a flag when the class and the
+    fluid disagree (DME without visible fluid, or fluid in a scan called NORMAL).
+    """
     from lesiondet.fileio import write_json
     from lesiondet.oct.classify import OctClassifier, plot_prediction, read_scan
 
     paths = collect_images(images)
     clf = OctClassifier(weights, head, device, trust_legacy)
+    segmenter = None
+    if seg is not None:
+        from lesiondet.oct.segment import FluidSegmenter
+
+        segmenter = FluidSegmenter(seg, device, trust_legacy)
     run_dir = next_run_dir(Path(out).parent, Path(out).name)
     docs, failures = [], []
-    for p in paths:
-        try:
-            img = read_scan(p)
-        except LesiondetError as e:
-            failures.append(str(e))
-            continue
+    for p, img in _readable(paths, read_scan, failures):
         probs = dict(zip(clf.classes, map(float, clf.predict_proba_arrays([img])[0])))
         best = max(probs, key=probs.get)
         plot_prediction(run_dir / f"{p.stem}.png", img, probs, f"{p.name}: {best} ({probs[best]:.2f})")
-        docs.append({"image": str(p), "class": best, "probabilities": probs, "head": clf.head})
+        doc = {"image": str(p), "class": best, "probabilities": probs, "head": clf.head}
+        if segmenter is not None:
+            from lesiondet.oct.segment import fluid_flag, fluid_summary
+
+            doc["fluid"] = fluid_summary(segmenter.mask(img))
+            doc["flag"] = fluid_flag(best, doc["fluid"])
+        docs.append(doc)
     if json:
         write_json(json, docs if len(paths) > 1 else (docs[0] if docs else []))
     return {"predictions": docs, "failures": failures, "out": run_dir}
@@ -388,6 +421,203 @@ def oct_evaluate(data: str | Path, weights: str | Path, *, head: str | None = No
     if json:
         write_json(json, {k: v for k, v in m.items() if k != "confusion_png"})
     return m
+
+
+# --------------------------------------------------------------------------- OCT fluid segmentation
+def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_split: float = 0.2,
+                      config: str | Path | None = None, epochs: int | None = None, time_limit: float | None = None,
+                      device: str = "auto", out: str | Path = "runs/oct-segment", resume: str | Path | None = None,
+                      log: Log = _quiet) -> dict[str, Any]:
+    """Train the fluid U-Net on scans and masks, split by subject (``val`` must hold other subjects)."""
+    from lesiondet.config import load_section
+    from lesiondet.device import resolve_device
+    from lesiondet.oct.segment import check_disjoint, read_fluid_data, read_pair, subject_split, train_segmenter
+
+    cfg = load_section("segment", config, "segmentation config", "pass a YAML with a segment: section")
+    if resume:
+        ck = _resumable(resume)
+        cfg = dict(ck["config"])
+    if epochs:
+        cfg["epochs"] = epochs
+    scans = read_fluid_data(data)
+    if val:
+        train_s, val_s = scans, read_fluid_data(val)
+        check_disjoint(train_s, val_s, val)
+    else:
+        train_s, val_s = subject_split(scans, val_split, int(cfg["seed"]))
+    for s in train_s + val_s:
+        read_pair(s)  # a bad or mismatched file fails now, before any run folder
+    run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
+    log(f"fluid U-Net: training on {len(train_s)} scans of {len({s.subject for s in train_s})} subjects, "
+        f"validating on {len(val_s)} scans of {len({s.subject for s in val_s})} other subjects; run folder {run_dir}")
+    return train_segmenter(train_s, val_s, cfg, run_dir, resolve_device(device), time_limit_min=time_limit,
+                           log=log, resume=resume)
+
+
+def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, out: str | Path = "runs/oct-seg",
+                        json: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Per scan: mask PNG, overlay PNG and a JSON (fluid area, fraction, regions) in a numbered ``out``."""
+    from lesiondet.fileio import write_json
+    from lesiondet.oct.classify import read_scan
+    from lesiondet.oct.segment import FluidSegmenter, fluid_summary, overlay
+    from lesiondet.reporting.draw import write_png
+
+    paths = collect_images(images)
+    seg = FluidSegmenter(weights, device)
+    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    docs, failures = [], []
+    for p, img in _readable(paths, read_scan, failures):
+        m = seg.mask(img)
+        doc = {"image": str(p), **fluid_summary(m)}
+        write_png(run_dir / f"{p.stem}_mask.png", (m * 255).astype("uint8"))
+        write_png(run_dir / f"{p.stem}_overlay.png", overlay(img, m))
+        write_json(run_dir / f"{p.stem}.json", doc)
+        docs.append(doc)
+    if json:
+        write_json(json, docs if len(paths) > 1 else (docs[0] if docs else []))
+    return {"predictions": docs, "failures": failures, "out": run_dir}
+
+
+def oct_segment_evaluate(data: str | Path, weights: str | Path, *, json: str | Path | None = None,
+                         out: str | Path = "runs/oct-seg-eval", device: str = "auto") -> dict[str, Any]:
+    """Pooled Dice, IoU, pixel accuracy and per-scan Dice at each scan's own size; overlay grid and area scatter."""
+    import numpy as np
+
+    from lesiondet.fileio import write_json
+    from lesiondet.oct.segment import (
+        FluidSegmenter,
+        dice_of,
+        overlap_counts,
+        overlay,
+        plot_areas,
+        plot_grid,
+        read_fluid_data,
+        read_pair,
+        segmentation_metrics,
+    )
+    from lesiondet.progress import progress
+
+    scans = read_fluid_data(data)
+    pairs = [read_pair(s) for s in scans]  # every file is checked before anything is written
+    seg = FluidSegmenter(weights, device)
+    rows, sums, panels = [], np.zeros(4, np.int64), []
+    for s, (img, truth) in progress(list(zip(scans, pairs)), desc="segment eval", enabled=len(scans) > 8):
+        pred = seg.mask(img)
+        c = overlap_counts(pred, truth)
+        sums += c
+        rows.append({"image": str(s.image), "subject": s.subject, "dice": dice_of(*c[:3]),
+                     "fluid_px_true": int(truth.sum()), "fluid_px_pred": int(pred.sum())})
+        panels.append((f"{s.image.name}: Dice {rows[-1]['dice']:.2f}", overlay(img, pred, truth)))
+    m = segmentation_metrics(rows, sums)
+    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    order = sorted(range(len(panels)), key=lambda i: rows[i]["dice"])
+    pick = [order[int(round(q * (len(order) - 1)))] for q in np.linspace(0, 1, min(9, len(order)))]
+    m["grid_png"] = str(plot_grid(run_dir / "overlay_grid.png", [panels[i] for i in pick]))
+    m["scatter_png"] = str(plot_areas(run_dir / "area_scatter.png", rows))
+    if json:
+        write_json(json, {k: v for k, v in m.items() if not k.endswith("_png")})
+    return m
+
+
+# --------------------------------------------------------------------------- image-level grading CNN
+def grader_train(data: str | Path, *, val: str | Path | None = None, val_split: float = 0.2,
+                 config: str | Path | None = None, init: str | Path | None = None, preprocessed: bool = False,
+                 epochs: int | None = None, size: int | None = None, time_limit: float | None = None,
+                 device: str = "auto", out: str | Path = "runs/grader", resume: str | Path | None = None,
+                 log: Log = _quiet) -> dict[str, Any]:
+    """Train the grading CNN on ``image,dr_grade[,maculopathy][,patient]`` CSVs, split by patient.
+
+    ``init`` starts from another grader (e.g. one trained on APTOS with ``preprocessed=True``).
+    """
+    from lesiondet.config import load_section
+    from lesiondet.device import resolve_device
+    from lesiondet.grading.cnn import check_disjoint, load_input, patient_split, read_grading_csv, train_grader
+
+    cfg = load_section("grader", config, "grader config", "pass a YAML with a grader: section")
+    if resume:
+        ck = _resumable(resume)
+        cfg, preprocessed = dict(ck["config"]), bool(ck["preprocessed"])
+        if epochs:
+            cfg["epochs"] = epochs
+    else:
+        cfg.update({k: v for k, v in {"epochs": epochs, "size": size}.items() if v is not None})
+    items = read_grading_csv(data)
+    if val:
+        train_i, val_i = items, read_grading_csv(val)
+        check_disjoint(train_i, val_i, val)
+    else:
+        train_i, val_i = patient_split(items, val_split, int(cfg["seed"]))
+    for it in train_i + val_i:
+        load_input(it.path, 8, True)  # a bad file fails now, not in epoch five
+    run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
+    counts = Counter(i.grade for i in train_i)
+    grades = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    log(f"grader: training on {len(train_i)} photographs (grades {grades}) "
+        f"from {len({i.patient for i in train_i})} patients, validating on {len(val_i)} from "
+        f"{len({i.patient for i in val_i})} other patients; run folder {run_dir}")
+    return train_grader(train_i, val_i, cfg, run_dir, resolve_device(device), preprocessed=preprocessed, init=init,
+                        time_limit_min=time_limit, log=log, resume=resume)
+
+
+def grader_evaluate(data: str | Path, weights: str | Path | None = None, *, json: str | Path | None = None,
+                    out: str | Path = "runs/grader-eval", device: str = "auto") -> dict[str, Any]:
+    """QWK, accuracy, confusion, referable and maculopathy figures (bootstrap CIs over patients);
+    ``grade_confusion.png`` and ``embedding_tsne.png`` in ``out``. ``weights`` defaults to the shipped grader."""
+    import numpy as np
+
+    from lesiondet.fileio import write_json
+    from lesiondet.grading.cnn import GraderCNN, read_grading_csv
+    from lesiondet.grading.learned import plot_confusion
+    from lesiondet.grading.metrics import grading_metrics
+    from lesiondet.reporting.plots import plot_embedding
+    from lesiondet.weights import default_grader
+
+    items = read_grading_csv(data)
+    g = GraderCNN(weights or default_grader(), device)
+    preds = g.predict([i.path for i in items], progress=len(items) > 16)
+    y = [i.grade for i in items]
+    m = grading_metrics(y, [p["grade"] for p in preds], referable_true=[i.referable for i in items],
+                        referable_called=[p["referable"] for p in preds],
+                        referable_score=[p["p_referable"] for p in preds],
+                        maculopathy_true=[i.maculopathy for i in items],
+                        maculopathy_score=[p["p_maculopathy"] for p in preds], patients=[i.patient for i in items])
+    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    title = f"grading CNN: QWK {m['qwk']:.3f}, accuracy {m['accuracy']:.3f} (n={m['n']})"
+    m["confusion_png"] = str(plot_confusion(run_dir / "grade_confusion.png", y, [p["grade"] for p in preds], title))
+    m["embedding_png"] = str(plot_embedding(run_dir / "embedding_tsne.png", np.stack([p["embedding"] for p in preds]),
+                                            y, "grading CNN features (t-SNE), coloured by reference grade"))
+    m["per_image"] = [{"image": str(i.path), "grade": i.grade, "predicted": p["grade"], "score": p["score"],
+                       "p_referable": p["p_referable"]} for i, p in zip(items, preds)]
+    if json:
+        write_json(json, {k: v for k, v in m.items() if not k.endswith("_png")})
+    return m
+
+
+def grader_predict(images: Sequence[str | Path], weights: str | Path | None = None, *,
+                   json: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Grade, probabilities, referability and imageability per photograph; ungradable ones get no grade."""
+    from lesiondet.fileio import write_json
+    from lesiondet.grading.cnn import GraderCNN
+    from lesiondet.grading.fundus import assess_quality
+    from lesiondet.images import read_rgb
+    from lesiondet.weights import default_grader
+
+    paths = collect_images(images)
+    g = GraderCNN(weights or default_grader(), device)
+    docs, failures = [], []
+    for p, img in _readable(paths, read_rgb, failures):
+        q = assess_quality(img)
+        doc: dict[str, Any] = {"image": str(p), "gradable": q.gradable, "quality": q.to_dict()}
+        if q.gradable:
+            r = g.predict_images([g.prepare(p)])[0]
+            r.pop("embedding")
+            doc.update(r)
+        else:
+            doc.update(grade=None, referable=None)
+        docs.append(doc)
+    if json:
+        write_json(json, docs if len(paths) > 1 else (docs[0] if docs else []))
+    return {"predictions": docs, "failures": failures}
 
 
 # --------------------------------------------------------------------------- sample data

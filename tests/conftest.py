@@ -45,7 +45,7 @@ def voc_dir(tmp_path: Path):
 
 
 #: Fixtures that train a model (through the CLI) or read the shared real data sets: a test using one is end-to-end.
-E2E_FIXTURES = {"trained_run", "oct_run", "onnx_file", "shared_data"}
+E2E_FIXTURES = {"trained_run", "oct_run", "onnx_file", "shared_data", "grader_run", "srahim_subset", "seg_run"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -141,4 +141,58 @@ def oct_run(oct_sample, oct_fast_config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("octrun") / "run"
     assert main(["oct", "train", "--data", str(oct_sample), "--config", str(oct_fast_config),
                  "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+GRADER_FAST = "grader:\n  size: 64\n  batch: 8\n  head_epochs: 1\n  epochs: 1\n  min_steps: 2\n"
+
+
+@pytest.fixture(scope="session")
+def srahim_subset(shared_data, tmp_path_factory) -> Path:
+    """A grading CSV of 40 shared graded photographs (20 patients, every grade), paths absolute."""
+    import csv
+
+    rows = list(csv.DictReader(open(shared_data / "grading" / "srahim" / "labels.csv", newline="")))
+    by_patient: dict[str, list[dict]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient"], []).append(r)
+    chosen, seen = [], {}
+    for pid, rs in sorted(by_patient.items()):
+        g = max(int(r["dr_grade"]) for r in rs)
+        if seen.get(g, 0) < 4:
+            seen[g] = seen.get(g, 0) + 1
+            chosen += rs
+    out = tmp_path_factory.mktemp("srahim") / "labels.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "dr_grade", "maculopathy", "patient"])
+        for r in chosen:
+            w.writerow([shared_data / "grading" / "srahim" / r["image"], r["dr_grade"], r["maculopathy"], r["patient"]])
+    return out
+
+
+@pytest.fixture(scope="session")
+def grader_run(srahim_subset, tmp_path_factory) -> Path:
+    """One short grading-CNN run through the CLI on the shared photographs; returns the run folder."""
+    from lesiondet.cli import main
+
+    cfg = _config_file(tmp_path_factory, GRADER_FAST)
+    out = tmp_path_factory.mktemp("graderrun") / "run"
+    assert main(["grader", "train", "--data", str(srahim_subset), "--config", str(cfg),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+SEG_FAST = "segment:\n  width: 128\n  height: 96\n  epochs: 1\n  min_steps: 2\n"
+
+
+@pytest.fixture(scope="session")
+def seg_run(shared_data, tmp_path_factory) -> Path:
+    """One short fluid U-Net run through the CLI on the shared Duke scans; returns the run folder."""
+    from lesiondet.cli import main
+
+    cfg = _config_file(tmp_path_factory, SEG_FAST)
+    out = tmp_path_factory.mktemp("segrun") / "run"
+    assert main(["oct", "segment", "train", "--data", str(shared_data / "oct_fluid" / "scans.csv"),
+                 "--config", str(cfg), "--out", str(out), "--device", "cpu"]) == 0
     return out

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from lesiondet.cli import convert, data, detect, eval, export, grade, oct, synth, train
+from lesiondet.cli import convert, data, detect, eval, export, grade, grader, oct, synth, train
 from lesiondet.cli.common import Parser, error
 from lesiondet.errors import LesiondetError
 
-COMMANDS = (train, detect, eval, grade, oct, export, convert, data, synth)
+COMMANDS = (train, detect, eval, grade, grader, oct, export, convert, data, synth)
 
 
 def build_parser() -> argparse.ArgumentParser:

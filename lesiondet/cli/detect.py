@@ -9,12 +9,16 @@ from lesiondet.cli.common import add_tiling_args, add_trust_legacy, error, say, 
 def add(sub) -> None:
     d = sub.add_parser("detect", help="detect lesions in images")
     d.add_argument("images", nargs="+", help="image files or folders")
-    d.add_argument("--weights", required=True, help="best.pt from 'lesiondet train', or its exported .onnx")
+    d.add_argument("--weights", help="best.pt from 'lesiondet train', or its exported .onnx "
+                                      "(default: the shipped detector, docs/models.md)")
     d.add_argument("--score", type=score, default=0.3, help="minimum score (default 0.3)")
     d.add_argument("--out", default="runs/detect", help="output folder; numbered if it exists")
     d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
     d.add_argument("--device", default="auto")
-    d.add_argument("--grade", action="store_true", help="grade DR severity (ICDR 0-3) from the detections")
+    d.add_argument("--grade", action="store_true",
+                   help="grade each photograph (ICDR 0-4, referable): imageability check, image model and lesions")
+    d.add_argument("--grader", metavar="W",
+                   help="grading-CNN best.pt for --grade (default: the shipped one; 'none': lesion rules only)")
     d.add_argument("--grading", help="grading thresholds YAML (defaults: grading: in lesiondet/config/defaults.yaml)")
     d.add_argument("--report", action="store_true",
                    help="also write a self-contained report.html (images, lesion tables, grades, flags)")
@@ -29,13 +33,19 @@ def run(a: argparse.Namespace) -> int:
     from lesiondet.grading.rules import PDR_SENTENCE
 
     r = api.detect(a.images, a.weights, score=a.score, out=a.out, exist_ok=a.exist_ok, grade=a.grade,
-                   grading=a.grading, report=a.report, device=a.device, trust_legacy=a.trust_legacy,
-                   **tiling_overrides(a))
+                   grading=a.grading, grader=a.grader, report=a.report, device=a.device,
+                   trust_legacy=a.trust_legacy, **tiling_overrides(a))
     print(count_table(r, r.classes))
     if a.grade:
-        for rec, g in zip(r.records, r.grades):
-            print(f"{rec.image_path.name}: grade {g.grade} – {g.grade_name}")
-            for reason in g.reasons:
+        for rec, g, final in zip(r.records, r.grades, r.finals):
+            if final is None:
+                print(f"{rec.image_path.name}: grade {g.grade} – {g.grade_name}")
+            elif final["grade"] is None:
+                print(f"{rec.image_path.name}: ungradable")
+            else:
+                print(f"{rec.image_path.name}: grade {final['grade']} – {final['grade_name']} "
+                      f"({'referable' if final['referable'] else 'not referable'}; {final['grade_source']})")
+            for reason in (final or {}).get("reasons") or g.reasons:
                 print(f"  - {reason}")
         if r.records:
             print(f"Note: {PDR_SENTENCE}")

@@ -34,6 +34,7 @@ def add(sub) -> None:
     op.add_argument("--topk", type=positive_int, default=4)
     op.add_argument("--json", help="write class and probabilities to this file")
     op.add_argument("--out", default="runs/oct-predict", help="folder for the pictures; numbered if it exists")
+    op.add_argument("--seg", metavar="W", help="fluid U-Net best.pt from 'oct segment train': report fluid area too")
     op.add_argument("--device", default="auto")
     add_trust_legacy(op)
     op.set_defaults(func=run_predict)
@@ -46,6 +47,39 @@ def add(sub) -> None:
     oe.add_argument("--device", default="auto")
     add_trust_legacy(oe)
     oe.set_defaults(func=run_eval)
+    add_segment(osub)
+
+
+def add_segment(osub) -> None:
+    s = osub.add_parser("segment", help="OCT fluid U-Net: outline DME fluid in B-scans")
+    ssub = s.add_subparsers(dest="segment_command", required=True, parser_class=Parser)
+    t = ssub.add_parser("train", help="train on scans and fluid masks, split by subject")
+    t.add_argument("--data", required=True, help="folder with images/ and masks/ (same names), or a CSV "
+                                                 "image,mask[,subject] with paths relative to it")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--val", help="validation folder or CSV (other subjects)")
+    g.add_argument("--val-split", type=fraction, default=0.2, help="share of subjects held out (default 0.2)")
+    t.add_argument("--config", help="YAML with a segment: section (defaults in lesiondet/config/defaults.yaml)")
+    t.add_argument("--epochs", type=positive_int)
+    t.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--out", default="runs/oct-segment", help="run folder; numbered if it exists")
+    t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
+    t.set_defaults(func=run_segment_train)
+    p = ssub.add_parser("predict", help="mask PNG, overlay PNG and fluid area JSON per scan")
+    p.add_argument("images", nargs="+", help="scan files or folders")
+    p.add_argument("--weights", required=True, help="best.pt from 'oct segment train'")
+    p.add_argument("--out", default="runs/oct-seg", help="output folder; numbered if it exists")
+    p.add_argument("--json", help="also write all scans' fluid figures to this file")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_segment_predict)
+    e = ssub.add_parser("eval", help="pooled Dice, IoU, pixel accuracy, per-scan Dice; overlay grid, area scatter")
+    e.add_argument("--data", required=True, help="folder with images/ and masks/, or a CSV image,mask[,subject]")
+    e.add_argument("--weights", required=True)
+    e.add_argument("--json", help="write the figures to this JSON file")
+    e.add_argument("--out", default="runs/oct-seg-eval", help="folder for the pictures; numbered if it exists")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=run_segment_eval)
 
 
 def run_train(a: argparse.Namespace) -> int:
@@ -64,10 +98,13 @@ def run_predict(a: argparse.Namespace) -> int:
     from lesiondet import api
 
     r = api.oct_predict(a.images, a.weights, head=a.head, json=a.json, out=a.out, device=a.device,
-                        trust_legacy=a.trust_legacy)
+                        trust_legacy=a.trust_legacy, seg=a.seg)
     for d in r["predictions"]:
         top = sorted(d["probabilities"].items(), key=lambda kv: -kv[1])[: a.topk]
-        print(f"{Path(d['image']).name}: {d['class']}  " + "  ".join(f"{c} {v:.3f}" for c, v in top))
+        fl = d.get("fluid")
+        fluid = f"  fluid {fl['fluid_fraction']:.2%} ({fl['regions']} region(s))" if fl else ""
+        flag = f"  FLAG: {d['flag']}" if d.get("flag") else ""
+        print(f"{Path(d['image']).name}: {d['class']}  " + "  ".join(f"{c} {v:.3f}" for c, v in top) + fluid + flag)
     say(f"pictures in {r['out']}")
     for f in r["failures"]:
         error(f)
@@ -90,4 +127,39 @@ def run_eval(a: argparse.Namespace) -> int:
     say(f"confusion matrix {m['confusion_png']}")
     if a.json:
         say(f"wrote {a.json}")
+    return 0
+
+
+def run_segment_train(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    s = api.oct_segment_train(a.data, val=a.val, val_split=a.val_split, config=a.config, epochs=a.epochs,
+                              time_limit=a.time_limit, device=a.device, out=a.out, resume=a.resume, log=say)
+    if s["history"]:
+        say(f"best validation Dice {max(r['val_dice'] for r in s['history']):.3f}; weights {s['out_dir']}/best.pt, "
+            f"curves {s['out_dir']}/curves.png")
+    return 0
+
+
+def run_segment_predict(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    r = api.oct_segment_predict(a.images, a.weights, out=a.out, json=a.json, device=a.device)
+    for d in r["predictions"]:
+        print(f"{Path(d['image']).name}: fluid {d['fluid_px']} px ({d['fluid_fraction']:.2%}), "
+              f"{d['regions']} region(s)")
+    say(f"masks, overlays and JSON in {r['out']}")
+    for f in r["failures"]:
+        error(f)
+    return 1 if r["failures"] else 0
+
+
+def run_segment_eval(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    m = api.oct_segment_evaluate(a.data, a.weights, json=a.json, out=a.out, device=a.device)
+    print(f"pooled Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  pixel accuracy {m['pixel_accuracy']:.4f}  "
+          f"mean per-scan Dice {m['dice_per_scan_mean']:.3f}  ({m['n']} scans; "
+          f"{len(m['both_empty'])} with no fluid in either mask count as Dice 1)")
+    say(f"pictures {m['grid_png']}, {m['scatter_png']}" + (f"; wrote {a.json}" if a.json else ""))
     return 0

@@ -8,10 +8,10 @@ behind on another, so the model never waits for JPEG or PNG codecs.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from lesiondet.detection.predict import Predictor
 from lesiondet.errors import LesiondetError
@@ -29,18 +29,21 @@ class DetectRun:
     out: Path
     records: list[VocRecord] = field(default_factory=list)
     grades: list[Grade | None] = field(default_factory=list)
+    finals: list[dict | None] = field(default_factory=list)  # the combined grade objects, when an image model ran
     failures: list[LesiondetError] = field(default_factory=list)
     report: Path | None = None
 
 
 def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | Path, *,
-                 grading: GradingConfig | None = None, report: bool = False, show_progress: bool = True,
-                 read_ahead: int = 2) -> DetectRun:
+                 grading: GradingConfig | None = None, grader=None, report: bool = False,
+                 show_progress: bool = True, read_ahead: int = 2) -> DetectRun:
     """Run ``predictor`` over ``paths`` and write results into the existing folder ``out``.
 
     Args:
         grading: grade each image (ICDR) with these thresholds; None skips grading
             unless ``report`` asks for it (then the defaults are used).
+        grader: a ``grading.cnn.GraderCNN``; with ``grading``, each image also gets the imageability check
+            and the combined grade (``grading.combined.final_grade``).
         report: also write ``out/report.html``.
         read_ahead: images decoded ahead of the model (0: decode in line).
 
@@ -68,7 +71,7 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
         write_json(out / f"{path.stem}.json", doc)
         write_voc(rec, out / f"{path.stem}.xml")
         if writer_report is not None:
-            writer_report.add(path.name, annotated, rec, g)
+            writer_report.add(path.name, annotated, rec, g, doc["grade"] if grader is not None and g else None)
 
     items = predictor.predict_paths(paths, depth=read_ahead)
     pending: list = []
@@ -82,12 +85,15 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
                         writer_report.add_failure(path.name, rec.problem)
                     continue
                 doc = detections_json(rec)
-                g = None
+                g = final = None
                 if grading is not None:
                     g = grade(rec, config=grading, fov_area_px=float(fov_mask(img).sum()))
                     doc["grade"] = g.to_dict()
+                    if grader is not None:
+                        doc["grade"] = final = grade_photograph(grader, img, g, grading)
                 run.records.append(rec)
                 run.grades.append(g)
+                run.finals.append(final)
                 pending.append(pool.submit(save, path, img, rec, doc, g))
                 # A bounded queue: at most a few decoded images wait for the writer.
                 while len(pending) > 2:
@@ -105,13 +111,31 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
     return run
 
 
+def grade_photograph(grader, img, rule: Grade, grading: GradingConfig) -> dict:
+    """Imageability, then the grading CNN, then the combined grade object (``grading.combined``)."""
+    from lesiondet.grading.combined import final_grade
+    from lesiondet.grading.fundus import assess_quality
+
+    q = assess_quality(img)
+    cnn = None
+    if q.gradable:
+        cnn = grader.predict_images([grader.prepare_array(img)])[0]
+        cnn.pop("embedding")
+    return final_grade(rule, cnn, q, grader.combiner_model, grading.merged_as_he)
+
+
 def count_table(run: DetectRun, classes: Sequence[str]) -> str:
     """One row per image: counts per class, and the grade when graded."""
     rows = [f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)]
-    for rec, g in zip(run.records, run.grades):
+    finals = run.finals or [None] * len(run.records)
+    for rec, g, final in zip(run.records, run.grades, finals):
         n = Counter(o.label for o in rec.objects)
         row = f"{rec.image_path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes)
-        if g is not None:
+        if final is not None:
+            row += ("  ungradable" if final["grade"] is None else
+                    f"  grade {final['grade']} ({final['grade_name']}, {final['grade_source']})"
+                    + ("  referable" if final["referable"] else ""))
+        elif g is not None:
             row += f"  grade {g.grade} ({g.grade_name})" + ("  DME?" if g.dme_suspect else "")
         rows.append(row)
     return "\n".join(rows)

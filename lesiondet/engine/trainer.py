@@ -45,6 +45,27 @@ class Phase:
     warmup_iters: int = 0
 
 
+def head_then_all(cfg: Mapping[str, Any]) -> list[Phase]:
+    """Transfer learning in two phases for a model with a ``body``: its head alone (body frozen) at
+    ``lr_head`` for ``head_epochs``, then everything at ``lr_finetune`` for ``epochs`` (AdamW)."""
+    def body(train: bool) -> Callable[[torch.nn.Module], None]:
+        def set_(model: torch.nn.Module) -> None:
+            for q in model.body.parameters():
+                q.requires_grad_(train)
+        return set_
+    return [Phase("head", int(cfg["head_epochs"]), float(cfg["lr_head"]), body(False), "adamw"),
+            Phase("all", int(cfg["epochs"]), float(cfg["lr_finetune"]), body(True), "adamw")]
+
+
+def resample_to(min_steps: int, batch: int) -> Callable[[Dataset, torch.Generator], Sampler]:
+    """A sampler factory for ``LoopConfig.sampler``: a few dozen images make one or two steps an epoch,
+    so draw (with replacement) at least ``min_steps`` batches, and every image at least once otherwise."""
+    def make(ds: Dataset, gen: torch.Generator) -> Sampler:
+        n_draw = max(len(ds), min_steps * batch)
+        return torch.utils.data.RandomSampler(ds, replacement=n_draw > len(ds), num_samples=n_draw, generator=gen)
+    return make
+
+
 class Task(Protocol):
     """What a model brings to the loop."""
 

@@ -8,8 +8,8 @@ sensible on the few hundred graded images a lab typically has.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,10 +41,11 @@ def features(g: Grade, merged_as_he: Sequence[str] = ("HE_MA",)) -> np.ndarray:
 class OrdinalGrader:
     """``fit(X, y)`` / ``predict_proba(X)`` / ``predict(X)`` over ordered integer grades."""
 
-    def __init__(self, C: float = 1.0) -> None:
+    def __init__(self, C: float = 1.0, feature_names: Sequence[str] = FEATURES) -> None:
         self.C = C
+        self.feature_names = tuple(feature_names)
 
-    def fit(self, X: np.ndarray, y: Sequence[int]) -> "OrdinalGrader":
+    def fit(self, X: np.ndarray, y: Sequence[int]) -> OrdinalGrader:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -61,15 +62,17 @@ class OrdinalGrader:
 
     def to_dict(self) -> dict:
         """Plain numbers only: the file can be read without running code (JSON)."""
-        return {"format": GRADER_FORMAT, "features": list(FEATURES), "C": self.C,
+        return {"format": GRADER_FORMAT, "features": list(self.feature_names), "C": self.C,
                 "grades": self.grades_.tolist(), "thresholds": [m.to_dict() for m in self.models_]}
 
     @classmethod
-    def from_dict(cls, d: dict, path: str | Path = "grader") -> "OrdinalGrader":
-        if not isinstance(d, dict) or d.get("format") != GRADER_FORMAT or list(d.get("features", [])) != list(FEATURES):
+    def from_dict(cls, d: dict, path: str | Path = "grader",
+                  feature_names: Sequence[str] = FEATURES) -> OrdinalGrader:
+        if (not isinstance(d, dict) or d.get("format") != GRADER_FORMAT
+                or list(d.get("features", [])) != list(feature_names)):
             raise LesiondetError(path, "not a lesiondet grader model of this version",
                                  "fit one with 'lesiondet grade --fit LABELS.csv --model FILE'")
-        g = cls(float(d["C"]))
+        g = cls(float(d["C"]), feature_names)
         g.grades_ = np.asarray(d["grades"], int)
         g.models_ = [PlainLogistic.from_dict(m) for m in d["thresholds"]]
         return g
@@ -81,7 +84,7 @@ class OrdinalGrader:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, trust_legacy: bool = False) -> "OrdinalGrader":
+    def load(cls, path: str | Path, trust_legacy: bool = False) -> OrdinalGrader:
         """A grader saved by ``save`` (JSON); a lesiondet 0.1 pickle only with ``trust_legacy``."""
         import json
 
@@ -100,7 +103,7 @@ class OrdinalGrader:
         return cls._legacy(p, data)
 
     @classmethod
-    def _legacy(cls, p: Path, data: bytes) -> "OrdinalGrader":
+    def _legacy(cls, p: Path, data: bytes) -> OrdinalGrader:
         import pickle
         import sys
 
@@ -109,7 +112,7 @@ class OrdinalGrader:
         print(f"lesiondet: warning: {p}: unpickled with code execution (--trust-legacy); {LEGACY_RISK}",
               file=sys.stderr)
         try:
-            saved = pickle.loads(data)  # noqa: S301 - the user asked for it with --trust-legacy
+            saved = pickle.loads(data)
             old = saved["model"]
             g = cls(old.C)
             g.grades_ = np.asarray(old.grades_, int)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lesiondet.config import defaults
-from lesiondet.engine.trainer import Phase
+from lesiondet.engine.trainer import Phase, head_then_all, resample_to
 from lesiondet.errors import LesiondetError
 from lesiondet.images import read_rgb
 from lesiondet.io.voc import IMAGE_SUFFIXES
@@ -257,14 +257,7 @@ class OctTask:
                               batch_size=cfg["batch"], num_workers=cfg["workers"])
 
     def phases(self) -> list[Phase]:
-        def body(train: bool):
-            def set_(model: OctNet) -> None:
-                for q in model.body.parameters():
-                    q.requires_grad_(train)
-            return set_
-        c = self.cfg
-        return [Phase("head", int(c["head_epochs"]), float(c["lr_head"]), body(False), "adamw"),
-                Phase("all", int(c["epochs"]), float(c["lr_finetune"]), body(True), "adamw")]
+        return head_then_all(self.cfg)
 
     def train_dataset(self) -> Dataset:
         return self.dataset
@@ -294,13 +287,6 @@ class OctTask:
     def meta(self) -> dict[str, Any]:
         return self._meta
 
-
-def _resample(min_steps: int, batch: int):
-    """A few dozen scans make one or two steps an epoch; resample so each epoch moves the weights."""
-    def make(ds: Dataset, gen: torch.Generator) -> torch.utils.data.Sampler:
-        n_draw = max(len(ds), min_steps * batch)
-        return torch.utils.data.RandomSampler(ds, replacement=n_draw > len(ds), num_samples=n_draw, generator=gen)
-    return make
 
 
 def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSample], classes: Sequence[str],
@@ -344,7 +330,7 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
         task = OctTask(model, train_samples, val_samples, classes, cfg, meta, device)
         loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]),
                           workers=int(cfg["workers"]), amp=bool(cfg["amp"]), seed=int(cfg["seed"]),
-                          patience=int(cfg["patience"]), sampler=_resample(int(cfg["min_steps"]), int(cfg["batch"])))
+                          patience=int(cfg["patience"]), sampler=resample_to(int(cfg["min_steps"]), int(cfg["batch"])))
         result = Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log,
                          config={"oct": cfg, "heads": heads}).fit(resume)
         summary["history"] = result["history"]

@@ -45,7 +45,8 @@ def draw(img: np.ndarray, record: VocRecord, thickness: int | None = None) -> np
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    """An RGB (or single-channel) uint8 array as PNG, written atomically."""
+    ok, buf = cv2.imencode(".png", rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("PNG encoding failed")
     with atomic_path(path) as tmp:

@@ -12,9 +12,10 @@ import html
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -84,15 +85,19 @@ def jpeg_data_uri(rgb: np.ndarray, max_side: int, quality: int = 85) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def flags_for(record: VocRecord, g: Grade | None) -> list[str]:
+def flags_for(record: VocRecord, g: Grade | None, final: dict[str, Any] | None = None) -> list[str]:
     """What a reader should look at before trusting the grade."""
     flags = []
+    if final is not None and final["grade"] is None:
+        flags.append("Ungradable: " + "; ".join(final["quality"]["reasons"]) + ".")
+    elif final is not None and final.get("referable"):
+        flags.append(f"Referable: grade {final['grade']} ({final['grade_name']}) or maculopathy suspected.")
     if g is not None:
         if g.dme_suspect:
             flags.append("Possible diabetic macular oedema: hard exudates near the fovea.")
         if g.fovea_source == "image_centre":
             flags.append("No optic disc found: fovea placed at the image centre; quadrants are approximate.")
-        if g.grade >= 2:
+        if g.grade >= 2 and final is None:
             flags.append(f"Referable: grade {g.grade} ({g.grade_name}).")
     if not record.objects:
         flags.append("Nothing detected above the score threshold.")
@@ -103,8 +108,19 @@ def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
+def final_grade_html(final: dict[str, Any]) -> str:
+    """The combined answer (``grading.combined.final_grade``): grade or "ungradable", where it came from."""
+    if final["grade"] is None:
+        reasons = "".join(f"<li>{_e(r)}</li>" for r in final["reasons"])
+        return f"<p class='grade'><b>Ungradable</b></p><ul class=reasons>{reasons}</ul>"
+    ref = {True: "referable", False: "not referable", None: ""}[final.get("referable")]
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in final["reasons"])
+    return (f"<p class='grade grade-{final['grade']}'><b>Grade {final['grade']}</b>: {_e(final['grade_name'])}"
+            f" · <b>{ref}</b></p><p class=meta>from: {_e(final['grade_source'])}</p><ul class=reasons>{reasons}</ul>")
+
+
 def image_section(index: int, name: str, view_uri: str, record: VocRecord, g: Grade | None,
-                  flags: Sequence[str]) -> str:
+                  flags: Sequence[str], final: dict[str, Any] | None = None) -> str:
     """The HTML of one image: annotated picture, grade and reasons, flags, lesion table."""
     objs = sorted(record.objects, key=lambda o: -(o.score or 0))
     rows = "".join(
@@ -116,7 +132,9 @@ def image_section(index: int, name: str, view_uri: str, record: VocRecord, g: Gr
     if g is not None:
         reasons = "".join(f"<li>{_e(r)}</li>" for r in g.reasons)
         limits = "".join(f"<li>{_e(r)}</li>" for r in g.limitations)
-        grade_html = (f"<p class='grade grade-{g.grade}'><b>Grade {g.grade}</b>: {_e(g.grade_name)}</p>"
+        rule = "Rule grade from the lesions" if final is not None else "Grade"
+        grade_html = ((final_grade_html(final) if final is not None else "")
+                      + f"<p class='grade grade-{g.grade}'><b>{rule} {g.grade}</b>: {_e(g.grade_name)}</p>"
                       f"<ul class=reasons>{reasons}</ul><p class=meta>Cannot assess:</p><ul class=meta>{limits}</ul>")
     else:
         grade_html = "<p class=meta>Not graded.</p>"
@@ -154,23 +172,27 @@ class ReportWriter:
         self._grades: Counter = Counter()
         self.n = 0
 
-    def add(self, name: str, annotated: np.ndarray, record: VocRecord, g: Grade | None = None) -> None:
-        """One image: ``annotated`` is the RGB picture with boxes drawn (``report.draw``)."""
+    def add(self, name: str, annotated: np.ndarray, record: VocRecord, g: Grade | None = None,
+            final: dict[str, Any] | None = None) -> None:
+        """One image: ``annotated`` is the RGB picture with boxes drawn (``report.draw``); ``final`` the
+        combined grade when an image model graded it too."""
         i = self.n
         self.n += 1
-        flags = flags_for(record, g)
-        self._parts.write(image_section(i, name, jpeg_data_uri(annotated, VIEW_PX), record, g, flags))
+        flags = flags_for(record, g, final)
+        self._parts.write(image_section(i, name, jpeg_data_uri(annotated, VIEW_PX), record, g, flags, final))
         counts = Counter(o.label for o in record.objects)
-        grade_cell = ("<td class=num data-sort='-1'>–</td><td></td>" if g is None else
-                      f"<td class='num grade grade-{g.grade}' data-sort='{g.grade}'>{g.grade}</td>"
-                      f"<td>{_e(g.grade_name)}</td>")
-        if g is not None:
-            self._grades[g.grade] += 1
+        shown = final["grade"] if final is not None else (None if g is None else g.grade)
+        shown_name = final["grade_name"] if final is not None else (None if g is None else g.grade_name)
+        grade_cell = ("<td class=num data-sort='-1'>–</td><td>" + _e(shown_name or "") + "</td>" if shown is None else
+                      f"<td class='num grade grade-{shown}' data-sort='{shown}'>{shown}</td>"
+                      f"<td>{_e(shown_name)}</td>")
+        if shown is not None:
+            self._grades[shown] += 1
         self._summary.append(
             f"<tr><td data-sort='{_e(name)}'><a href='#img-{i}'>{_e(name)}</a></td>{grade_cell}"
             + "".join(f"<td class=num>{counts.get(c, 0)}</td>" for c in self.classes)
             + f"<td class=num data-sort='{len(flags)}'>{_e(' · '.join(f.split(':')[0].rstrip('.') for f in flags))}</td></tr>")
-        caption = f"{_e(name)}" + ("" if g is None else f" · grade {g.grade}")
+        caption = f"{_e(name)}" + ("" if shown is None else f" · grade {shown}")
         self._thumbs.append(f"<figure><a href='#img-{i}'><img alt='{_e(name)}' "
                             f"src='{jpeg_data_uri(annotated, THUMB_PX, 80)}'></a><figcaption>{caption}"
                             f"</figcaption></figure>")
@@ -202,8 +224,7 @@ class ReportWriter:
             with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as out, \
                     open(self._parts_path, encoding="utf-8") as parts:
                 out.write(head)
-                for chunk in iter(lambda: parts.read(1 << 20), ""):
-                    out.write(chunk)
+                out.writelines(iter(lambda: parts.read(1 << 20), ""))
                 out.write(f"<script>{_SCRIPT}</script></body></html>\n")
         finally:
             self._parts_path.unlink(missing_ok=True)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -15,11 +15,10 @@ def write_metrics_csv(path: str | Path, rows: Sequence[dict]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.DictWriter(f, keys)
-            wr.writeheader()
-            wr.writerows(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        wr = csv.DictWriter(f, keys)
+        wr.writeheader()
+        wr.writerows(rows)
 
 
 def pyplot():
@@ -106,4 +105,27 @@ def plot_confusion_matrix(path: str | Path, cm: np.ndarray, names: Sequence[str]
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xticks(range(k), names), ax.set_yticks(range(k), names)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_embedding(path: str | Path, features: np.ndarray, labels: Sequence[int], title: str,
+                   legend: str = "grade", seed: int = 0) -> Path:
+    """A 2-D t-SNE of feature vectors (scikit-learn), one colour per label; written atomically."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features, np.float64)
+    fig, ax = pyplot().subplots(figsize=(5.5, 5))
+    if len(x) >= 5:
+        xy = TSNE(n_components=2, perplexity=float(min(30, max(2, (len(x) - 1) // 3))), init="pca",
+                  random_state=seed).fit_transform(x)
+        labels = np.asarray(labels)
+        cmap = pyplot().get_cmap("viridis", max(int(labels.max()) + 1, 2))
+        for g in np.unique(labels):
+            m = labels == g
+            ax.scatter(xy[m, 0], xy[m, 1], s=14, color=cmap(int(g)), label=f"{legend} {g} (n={m.sum()})")
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "too few images for t-SNE", ha="center", va="center")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
     return save_figure(fig, path)

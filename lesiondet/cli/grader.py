@@ -1,0 +1,93 @@
+"""``lesiondet grader train|eval|predict``: the image-level DR grading CNN."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lesiondet.cli.common import Parser, error, fraction, positive_float, positive_int, say
+
+
+def add(sub) -> None:
+    g = sub.add_parser("grader", help="image-level DR grading CNN: ICDR grade 0-4, referable DR, maculopathy")
+    gsub = g.add_subparsers(dest="grader_command", required=True, parser_class=Parser)
+    t = gsub.add_parser("train", help="train on an image,dr_grade[,maculopathy][,patient] CSV, split by patient")
+    t.add_argument("--data", required=True, help="CSV image,dr_grade[,maculopathy][,patient]; paths relative to it")
+    vg = t.add_mutually_exclusive_group()
+    vg.add_argument("--val", help="validation CSV (other patients); default: hold out patients from --data")
+    vg.add_argument("--val-split", type=fraction, default=0.2, help="share of patients held out (default 0.2)")
+    t.add_argument("--init", metavar="W", help="start from another grader's best.pt (e.g. one trained on APTOS)")
+    t.add_argument("--preprocessed", action="store_true",
+                   help="the photographs are already Ben Graham-processed by their source (the shared APTOS copy)")
+    t.add_argument("--config", help="YAML with a grader: section (defaults in lesiondet/config/defaults.yaml)")
+    t.add_argument("--epochs", type=positive_int, help="fine-tuning epochs after the head-only stage")
+    t.add_argument("--size", type=positive_int, help="network input side in pixels")
+    t.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--out", default="runs/grader", help="run folder; numbered if it exists")
+    t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
+    t.set_defaults(func=run_train)
+    e = gsub.add_parser("eval", help="QWK, accuracy, confusion, referable and maculopathy figures")
+    e.add_argument("--data", required=True, help="graded CSV (other patients than training)")
+    e.add_argument("--weights", help="grader best.pt (default: the shipped grader)")
+    e.add_argument("--json", help="write the figures to this JSON file")
+    e.add_argument("--out", default="runs/grader-eval", help="folder for the confusion and t-SNE pictures")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=run_eval)
+    p = gsub.add_parser("predict", help="grade photographs (ungradable ones are reported, not graded)")
+    p.add_argument("images", nargs="+", help="photograph files or folders")
+    p.add_argument("--weights", help="grader best.pt (default: the shipped grader)")
+    p.add_argument("--json", help="write the predictions to this file")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_predict)
+
+
+def run_train(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    s = api.grader_train(a.data, val=a.val, val_split=a.val_split, config=a.config, init=a.init,
+                         preprocessed=a.preprocessed, epochs=a.epochs, size=a.size, time_limit=a.time_limit,
+                         device=a.device, out=a.out, resume=a.resume, log=say)
+    if s["history"]:
+        best = max(r["val_qwk"] for r in s["history"])
+        say(f"best validation QWK {best:.3f} (plain rounding); weights {s['out_dir']}/best.pt, "
+            f"curves {s['out_dir']}/curves.png")
+    return 0
+
+
+def run_eval(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    m = api.grader_evaluate(a.data, a.weights, json=a.json, out=a.out, device=a.device)
+    r = m["referable"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    print(f"QWK {m['qwk']:.3f}  accuracy {m['accuracy']:.3f}  n {m['n']}")
+    ci = r.get("ci95", {})
+    print(f"referable (grade >= 2 or maculopathy): sensitivity {f(r['sensitivity'])} {ci.get('sensitivity', '')}  "
+          f"specificity {f(r['specificity'])} {ci.get('specificity', '')}  AUC {f(r.get('auc'))}")
+    if "maculopathy" in m:
+        mm = m["maculopathy"]
+        print(f"maculopathy: sensitivity {f(mm['sensitivity'])}  specificity {f(mm['specificity'])}  "
+              f"AUC {f(mm.get('auc'))}")
+    say(f"pictures {m['confusion_png']}, {m['embedding_png']}" + (f"; wrote {a.json}" if a.json else ""))
+    return 0
+
+
+def run_predict(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    r = api.grader_predict(a.images, a.weights, json=a.json, device=a.device)
+    for d in r["predictions"]:
+        name = Path(d["image"]).name
+        if not d["gradable"]:
+            print(f"{name}: ungradable ({'; '.join(d['quality']['reasons'])})")
+        else:
+            print(f"{name}: grade {d['grade']}  referable {'yes' if d['referable'] else 'no'}  "
+                  f"p(referable) {d['p_referable']:.3f}  p(maculopathy) {d['p_maculopathy']:.3f}")
+    if a.json:
+        say(f"wrote {a.json}")
+    for f_ in r["failures"]:
+        error(f_)
+    return 1 if r["failures"] else 0

@@ -1,0 +1,373 @@
+"""OCT fluid segmentation: a U-Net that outlines diabetic macular oedema fluid in B-scans.
+
+The network is segmentation-models-pytorch's U-Net on timm's EfficientNet-Lite0
+(``tu-efficientnet_lite0``) with the offline ImageNet weights the detector uses,
+trained on the shared engine with Dice + BCE (fluid is a few percent of a scan's
+pixels, so plain cross-entropy would learn to predict none). Augmentation fits
+OCT: horizontal flips, small shifts and scales, intensity and contrast, and
+multiplicative speckle-like noise.
+
+Data is a folder with ``images/`` and ``masks/`` matched by file name, or a CSV
+``image,mask[,subject]`` (paths relative to it). Masks are 8-bit images where
+non-zero is fluid. Splits keep each subject's B-scans on one side.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lesiondet.config import defaults
+from lesiondet.engine.trainer import Phase, resample_to
+from lesiondet.errors import CheckpointError, LesiondetError
+from lesiondet.images import read_rgb
+
+SEG_FORMAT = "lesiondet-oct-seg/1"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_SEGMENT: dict[str, Any] = defaults("segment")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class FluidScan:
+    image: Path
+    mask: Path | None  # None: prediction only
+    subject: str
+
+
+def subject_of(path: str | Path) -> str:
+    """``subject01_bscan03`` → ``subject01``; otherwise the name before its last ``_``/``-`` number."""
+    m = re.match(r"^(.*?)[_\-]?(?:bscan|scan|b)?[_\-]?\d+$", Path(path).stem, re.IGNORECASE)
+    return m.group(1) if m and m.group(1) else Path(path).stem
+
+
+def read_fluid_data(source: str | Path) -> list[FluidScan]:
+    """Pairs from a folder (``images/`` + ``masks/``, matched by file stem) or an ``image,mask[,subject]`` CSV."""
+    from lesiondet.images import list_images
+
+    src = Path(source)
+    scans: list[FluidScan] = []
+    if src.is_dir():
+        if not (src / "images").is_dir() or not (src / "masks").is_dir():
+            raise LesiondetError(src, "expected images/ and masks/ sub-folders",
+                                 "put the B-scans in images/ and their fluid masks (same file names) in masks/")
+        images, masks = list_images(src / "images"), {p.stem: p for p in list_images(src / "masks")}
+        for img in images:
+            if img.stem not in masks:
+                raise LesiondetError(img, "no mask with this name in masks/", "add its mask or remove the scan")
+            scans.append(FluidScan(img, masks.pop(img.stem), subject_of(img)))
+        if masks:
+            extra = sorted(masks.values())[0]
+            raise LesiondetError(extra, "mask without a scan of the same name in images/",
+                                 "add the scan or remove the mask")
+    elif src.is_file() and src.suffix.lower() == ".csv":
+        with open(src, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip().lower() for c in reader.fieldnames or []]
+            rows = list(reader)
+        if "image" not in cols or "mask" not in cols:
+            raise LesiondetError(src, f"expected columns image,mask[,subject]; found {','.join(cols) or 'none'}",
+                                 "add the header row image,mask,subject")
+        for raw in rows:
+            row = {str(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+            if not row["image"]:
+                continue
+            img, mask = (Path(row[k]) if Path(row[k]).is_absolute() else src.parent / row[k] for k in ("image", "mask"))
+            scans.append(FluidScan(img, mask, row.get("subject") or subject_of(img)))
+        if not scans:
+            raise LesiondetError(src, "the CSV lists no scans", "add image,mask rows")
+    else:
+        raise LesiondetError(src, "not a folder or a .csv file", "pass a folder with images/ and masks/, or a CSV")
+    for s in scans:
+        for p, what in ((s.image, "scan"), (s.mask, "mask")):
+            if not p.is_file():
+                raise LesiondetError(p, f"{what} not found", f"fix the path in {src}")
+    return scans
+
+
+def read_pair(scan: FluidScan) -> tuple[np.ndarray, np.ndarray]:
+    """The scan (RGB uint8) and its mask (bool), checked to be the same size; 16-bit masks are refused."""
+    img = read_rgb(scan.image, allow_16bit=True)
+    mask = read_rgb(scan.mask).max(2) > 0
+    if mask.shape != img.shape[:2]:
+        raise LesiondetError(scan.mask, f"mask is {mask.shape[1]}x{mask.shape[0]} but its scan "
+                             f"{scan.image.name} is {img.shape[1]}x{img.shape[0]}",
+                             "give each scan a mask of exactly its size")
+    return img, mask
+
+
+def subject_split(scans: Sequence[FluidScan], val_fraction: float = 0.2, seed: int = 0
+                  ) -> tuple[list[FluidScan], list[FluidScan]]:
+    """Every subject's B-scans on one side."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    groups = [s.subject for s in scans]
+    if len(set(groups)) < 2:
+        raise LesiondetError(None, "all scans belong to one subject; cannot split by subject",
+                             "pass --val with scans of other subjects")
+    tr, va = next(GroupShuffleSplit(1, test_size=val_fraction, random_state=seed).split(scans, groups=groups))
+    return [scans[i] for i in tr], [scans[i] for i in va]
+
+
+def check_disjoint(train: Sequence[FluidScan], val: Sequence[FluidScan], where: str | Path) -> None:
+    both = sorted({s.subject for s in train} & {s.subject for s in val})
+    if both:
+        raise LesiondetError(where, f"subject {both[0]} has scans in both training and validation data",
+                             "split by subject: B-scans of one eye look alike")
+
+
+def transforms(width: int, height: int, train: bool) -> A.Compose:
+    norm = A.Normalize(mean=MEAN, std=STD)
+    resize = A.Resize(height, width)
+    if not train:
+        return A.Compose([resize, norm])
+    return A.Compose([
+        resize,
+        A.HorizontalFlip(p=0.5),
+        A.Affine(translate_percent=(-0.05, 0.05), scale=(0.9, 1.1), border_mode=cv2.BORDER_CONSTANT, fill=0,
+                 fill_mask=0, p=0.7),
+        A.RandomBrightnessContrast(0.2, 0.2, p=0.7),
+        A.MultiplicativeNoise(multiplier=(0.7, 1.3), per_channel=False, elementwise=True, p=0.5),  # speckle
+        norm,
+    ])
+
+
+class FluidDataset(Dataset):
+    """Scans and masks, decoded once and kept in memory (a Duke-sized set is tens of MB)."""
+
+    def __init__(self, scans: Sequence[FluidScan], tf: A.Compose) -> None:
+        self.scans, self.transforms = list(scans), tf
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self._cache:
+            self._cache[i] = read_pair(self.scans[i])
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, mask = self.pair(i)
+        t = self.transforms(image=img, mask=mask.astype(np.uint8))
+        return torch.from_numpy(t["image"]).permute(2, 0, 1).float(), torch.from_numpy(t["mask"]).float()[None]
+
+
+# --------------------------------------------------------------------------- model
+def build_unet(pretrained: str = "imagenet") -> nn.Module:
+    """segmentation-models-pytorch U-Net on timm's EfficientNet-Lite0, offline ImageNet weights in the encoder."""
+    import segmentation_models_pytorch as smp
+
+    if pretrained not in ("imagenet", "none"):
+        raise LesiondetError(None, f"unknown encoder weights '{pretrained}'", "use imagenet or none")
+    net = smp.Unet("tu-efficientnet_lite0", encoder_weights=None, in_channels=3, classes=1)
+    if pretrained == "imagenet":
+        from lesiondet.nn.backbones import lite0_weights_path, rename_lite0_keys
+
+        state = rename_lite0_keys(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True))
+        head = ("conv_head.", "bn2.", "classifier.")  # the classifier's top, absent from the feature encoder
+        net.encoder.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)}, strict=True)
+    return net
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    import segmentation_models_pytorch as smp
+
+    dice = smp.losses.DiceLoss("binary", from_logits=True)
+    return dice(logits.float(), target) + nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+def overlap_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """True positives, false positives, false negatives, true negatives."""
+    tp = int(np.logical_and(pred, truth).sum())
+    fp = int(np.logical_and(pred, ~truth).sum())
+    fn = int(np.logical_and(~pred, truth).sum())
+    return tp, fp, fn, int(pred.size - tp - fp - fn)
+
+
+def dice_of(tp: int, fp: int, fn: int) -> float:
+    """Dice; 1 when both masks are empty (nothing to find and nothing found)."""
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+class SegmentTask:
+    """The fluid U-Net as the engine sees it; fitness is pooled validation Dice at model resolution."""
+
+    def __init__(self, model: nn.Module, train: Sequence[FluidScan], val: Sequence[FluidScan],
+                 cfg: Mapping[str, Any], meta: dict[str, Any]) -> None:
+        self.model, self.cfg, self._meta = model, cfg, meta
+        w, h = int(cfg["width"]), int(cfg["height"])
+        self.dataset = FluidDataset(train, transforms(w, h, True))
+        self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False)), batch_size=int(cfg["batch"]))
+
+    def phases(self) -> list[Phase]:
+        return [Phase("all", int(self.cfg["epochs"]), float(self.cfg["lr"]), None, "adamw",
+                      int(self.cfg["warmup_iters"]))]
+
+    def train_dataset(self) -> Dataset:
+        return self.dataset
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        x, y = batch[0].to(device), batch[1].to(device)
+        return {"loss": dice_bce(model(x), y)}
+
+    @torch.inference_mode()
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        model.eval()
+        sums, total, n = np.zeros(4, np.int64), 0.0, 0
+        for x, y in self.val:
+            logits = model(x.to(device)).float().cpu()
+            total += float(dice_bce(logits, y)) * len(x)
+            n += len(x)
+            sums += overlap_counts(logits.numpy() > 0, y.numpy() > 0.5)
+        tp, fp, fn, _ = sums
+        return {"val_loss": total / max(n, 1), "val_dice": dice_of(tp, fp, fn)}
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float:
+        return float(metrics["val_dice"])
+
+    def history_row(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        return dict(metrics)
+
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+
+def train_segmenter(train: Sequence[FluidScan], val: Sequence[FluidScan], cfg: Mapping[str, Any],
+                    out_dir: str | Path, device: torch.device, *, time_limit_min: float | None = None,
+                    log: Callable[[str], None] = print, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train the U-Net on the engine; writes ``best.pt``, ``last.pt``, ``metrics.csv``, ``curves.png``."""
+    from lesiondet.engine.rng import seed_everything
+    from lesiondet.engine.trainer import LoopConfig, Trainer
+
+    cfg = {**DEFAULT_SEGMENT, **cfg}
+    seed_everything(int(cfg["seed"]))
+    model = build_unet(cfg["pretrained"] if resume is None else "none").to(device)
+    meta = {"format": SEG_FORMAT, "config": cfg, "threshold": 0.5}
+    task = SegmentTask(model, train, val, cfg, meta)
+    loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]), workers=int(cfg["workers"]),
+                      amp=bool(cfg["amp"]), seed=int(cfg["seed"]), patience=int(cfg["patience"]),
+                      sampler=resample_to(int(cfg["min_steps"]), int(cfg["batch"])),
+                      augment=task.dataset.transforms)
+    result = Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log,
+                     config={"segment": cfg}).fit(resume)
+    return {"out_dir": str(out_dir), "history": result["history"]}
+
+
+# --------------------------------------------------------------------------- inference
+class FluidSegmenter:
+    """A trained fluid U-Net: ``predict(img)`` → fluid probability at the scan's own size."""
+
+    def __init__(self, weights: str | Path, device: str = "auto", trust_legacy: bool = False) -> None:
+        from lesiondet.device import resolve_device
+        from lesiondet.engine.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(weights, trust_legacy=trust_legacy)
+        if not isinstance(ck, Mapping) or ck.get("format") != SEG_FORMAT:
+            raise CheckpointError(weights, "not a lesiondet OCT fluid checkpoint",
+                                  "pass best.pt from 'lesiondet oct segment train'")
+        self.cfg = {**DEFAULT_SEGMENT, **ck["config"]}
+        self.threshold = float(ck.get("threshold", 0.5))
+        self.device = resolve_device(device)
+        self.model = build_unet("none")
+        try:
+            self.model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
+        except RuntimeError:
+            raise CheckpointError(weights, "weights do not match the fluid U-Net",
+                                  "retrain, or use the lesiondet version that wrote it") from None
+        self.model.to(self.device).eval()
+        self.tf = transforms(int(self.cfg["width"]), int(self.cfg["height"]), False)
+
+    @torch.inference_mode()
+    def probability(self, img: np.ndarray, flip: bool = True) -> np.ndarray:
+        """Fluid probability per pixel of an RGB uint8 scan, averaged with the mirrored scan when ``flip``."""
+        x = torch.from_numpy(self.tf(image=img)["image"]).permute(2, 0, 1).float()[None].to(self.device)
+        p = torch.sigmoid(self.model(x).float())
+        if flip:
+            p = (p + torch.sigmoid(self.model(x.flip(3)).float()).flip(3)) / 2
+        return cv2.resize(p[0, 0].cpu().numpy(), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    def mask(self, img: np.ndarray) -> np.ndarray:
+        return self.probability(img) >= self.threshold
+
+
+def fluid_summary(mask: np.ndarray) -> dict[str, Any]:
+    """Fluid area in pixels, share of the scan, and connected regions (8-connected)."""
+    n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return {"fluid_px": int(mask.sum()), "fluid_fraction": round(float(mask.mean()), 6), "regions": int(n - 1),
+            "width": int(mask.shape[1]), "height": int(mask.shape[0])}
+
+
+#: Fluid below this share of the B-scan counts as none visible (a few stray pixels are not oedema).
+MIN_FLUID_FRACTION = 0.0005
+
+
+def fluid_flag(oct_class: str, fluid: Mapping[str, Any]) -> str | None:
+    """A reader should look twice when the class and the fluid disagree."""
+    has_fluid = fluid["fluid_fraction"] >= MIN_FLUID_FRACTION
+    if oct_class == "DME" and not has_fluid:
+        return "DME called but no fluid visible"
+    if oct_class == "NORMAL" and has_fluid:
+        return f"fluid ({fluid['fluid_fraction']:.2%} of the scan) in a scan called NORMAL"
+    return None
+
+
+def overlay(img: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """The scan with predicted fluid outlined in yellow (and the reference, when given, in cyan)."""
+    out = img.copy()
+    if truth is not None:
+        cs, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, cs, -1, (0, 220, 255), 1)
+    cs, _ = cv2.findContours(pred.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, cs, -1, (255, 220, 0), 1)
+    return out
+
+
+def segmentation_metrics(rows: Sequence[dict[str, Any]], sums: np.ndarray) -> dict[str, Any]:
+    """The ``oct segment eval --json`` document from per-scan rows and pooled (tp, fp, fn, tn)."""
+    tp, fp, fn, tn = (int(v) for v in sums)
+    return {"dice": dice_of(tp, fp, fn), "iou": 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn),
+            "pixel_accuracy": (tp + tn) / max(tp + fp + fn + tn, 1),
+            "dice_per_scan_mean": float(np.mean([r["dice"] for r in rows])) if rows else float("nan"),
+            "per_scan": list(rows), "n": len(rows),
+            "both_empty": [r["image"] for r in rows if r["fluid_px_true"] == 0 and r["fluid_px_pred"] == 0]}
+
+
+def plot_grid(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], cols: int = 3) -> Path:
+    """Overlays (prediction yellow, reference cyan) in a grid, titled with each scan's Dice."""
+    from lesiondet.reporting.plots import pyplot, save_figure
+
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, im) in zip(axes.ravel(), panels):
+        ax.imshow(im), ax.set_title(title, fontsize=8)
+    fig.suptitle("fluid: prediction (yellow) against reference (cyan)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_areas(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Predicted against reference fluid area per scan, with the identity line."""
+    from lesiondet.reporting.plots import pyplot, save_figure
+
+    t = np.array([r["fluid_px_true"] for r in rows], float)
+    p = np.array([r["fluid_px_pred"] for r in rows], float)
+    fig, ax = pyplot().subplots(figsize=(4.8, 4.5))
+    ax.scatter(t, p, s=14)
+    hi = max(t.max(initial=1), p.max(initial=1)) * 1.05
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+    ax.set_xlim(0, hi), ax.set_ylim(0, hi)
+    ax.set_xlabel("reference fluid area (px)"), ax.set_ylabel("predicted fluid area (px)")
+    ax.set_title(f"fluid area per scan (n={len(rows)})", fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,69 @@
+"""The shipped default models: files in this folder, each checked against a SHA-256 written here.
+
+``lesiondet detect img.jpg --grade`` runs with these when no ``--weights`` is given.
+Their training commands, data, held-out figures and intended use are in
+``docs/models.md``. A file whose digest differs from the one below is refused:
+a damaged or swapped model must not grade anyone's eyes silently.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lesiondet.errors import CheckpointError
+
+HERE = Path(__file__).resolve().parent
+
+#: file name → SHA-256 of the shipped file.
+SHIPPED: dict[str, str] = {
+}
+
+DETECTOR = "detector.pt"
+GRADER = "grader.pt"
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped(name: str) -> Path:
+    """Path of a shipped model after its digest is checked."""
+    p = HERE / name
+    if name not in SHIPPED or not p.is_file():
+        raise CheckpointError(p, "no shipped default model of this kind in this installation",
+                              "pass --weights with a model you trained")
+    digest = sha256(p)
+    if digest != SHIPPED[name]:
+        raise CheckpointError(p, f"SHA-256 {digest[:12]}... does not match the shipped model's "
+                              f"{SHIPPED[name][:12]}...", "reinstall lesiondet, or pass --weights")
+    return p
+
+
+def default_detector() -> Path:
+    return shipped(DETECTOR)
+
+
+def default_grader() -> Path:
+    return shipped(GRADER)
+
+
+def ship_checkpoint(src: str | Path, dst: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Copy a run's ``best.pt`` for shipping: weights in fp16, training state dropped; returns size and digest."""
+    import torch
+
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(src)
+    training_state = ("optimizer", "scheduler", "scaler", "rng", "augment", "loader_generator")
+    keep = {k: v for k, v in ck.items() if k not in training_state}
+    keep["model"] = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v
+                     for k, v in ck["model"].items()}
+    keep.update(extra or {})
+    save_checkpoint(dst, keep)
+    return {"path": str(dst), "bytes": Path(dst).stat().st_size, "sha256": sha256(dst)}

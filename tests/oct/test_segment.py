@@ -1,0 +1,102 @@
+"""OCT fluid segmentation: data pairing, subject splits, Dice, fluid figures and flags."""
+import cv2
+import numpy as np
+import pytest
+
+from lesiondet.errors import LesiondetError
+from lesiondet.oct.segment import (
+    FluidScan,
+    check_disjoint,
+    dice_of,
+    fluid_flag,
+    fluid_summary,
+    overlap_counts,
+    read_fluid_data,
+    read_pair,
+    segmentation_metrics,
+    subject_of,
+    subject_split,
+)
+
+
+def scan_folder(root, n=3, mask_size=(64, 48), mask_dtype=np.uint8):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        cv2.imwrite(str(root / "images" / f"subject0{i % 2 + 1}_bscan0{i}.png"), np.full((48, 64), 90, np.uint8))
+        m = np.zeros(mask_size[::-1], mask_dtype)
+        m[10:20, 10:30] = 255 if mask_dtype == np.uint8 else 65535
+        cv2.imwrite(str(root / "masks" / f"subject0{i % 2 + 1}_bscan0{i}.png"), m)
+    return root
+
+
+def test_subject_comes_from_duke_style_names():
+    assert subject_of("subject03_bscan10.png") == "subject03"
+    assert subject_of("eyeA-12.png") == "eyeA"
+
+
+def test_a_folder_pairs_scans_and_masks_by_name(tmp_path):
+    scans = read_fluid_data(scan_folder(tmp_path / "d"))
+    assert [s.subject for s in scans] == ["subject01", "subject01", "subject02"]
+    img, mask = read_pair(scans[0])
+    assert img.shape == (48, 64, 3) and mask.dtype == bool and mask.sum() == 200
+
+
+def test_a_csv_gives_image_mask_and_subject_relative_to_itself(tmp_path):
+    scan_folder(tmp_path)
+    (tmp_path / "s.csv").write_text("image,mask,subject\nimages/subject01_bscan00.png,masks/subject01_bscan00.png,7\n")
+    (s,) = read_fluid_data(tmp_path / "s.csv")
+    assert s.subject == "7" and s.image == tmp_path / "images" / "subject01_bscan00.png"
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda d: (d / "masks" / "subject01_bscan00.png").unlink(), "no mask with this name"),
+    (lambda d: (d / "images" / "subject01_bscan00.png").unlink(), "mask without a scan"),
+    (lambda d: [p.unlink() for p in (d / "images").iterdir()], "no images"),
+])
+def test_a_missing_pair_or_an_empty_folder_is_one_error_naming_the_file(tmp_path, spoil, words):
+    d = scan_folder(tmp_path / "d")
+    spoil(d)
+    with pytest.raises(LesiondetError, match=words):
+        read_fluid_data(d)
+
+
+def test_a_mask_of_another_size_or_depth_is_refused(tmp_path):
+    (s, *_) = read_fluid_data(scan_folder(tmp_path / "a", mask_size=(32, 48)))
+    with pytest.raises(LesiondetError, match="mask is 32x48 but its scan"):
+        read_pair(s)
+    (s, *_) = read_fluid_data(scan_folder(tmp_path / "b", mask_dtype=np.uint16))
+    with pytest.raises(LesiondetError, match="16-bit"):
+        read_pair(s)
+
+
+def test_subjects_never_straddle_the_split():
+    scans = [FluidScan(f"s{i}_{j}.png", None, f"s{i}") for i in range(8) for j in range(11)]
+    train, val = subject_split(scans, 0.2, 0)
+    assert not {s.subject for s in train} & {s.subject for s in val} and len({s.subject for s in val}) == 2
+    with pytest.raises(LesiondetError, match="both training and validation"):
+        check_disjoint(train, val + train[:1], "val.csv")
+
+
+def test_dice_counts_two_empty_masks_as_agreement_and_pools_pixels():
+    empty = np.zeros((4, 4), bool)
+    assert dice_of(*overlap_counts(empty, empty)[:3]) == 1.0
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    tp, fp, fn, tn = overlap_counts(a, b)
+    assert (tp, fp, fn, tn) == (4, 4, 4, 4) and dice_of(tp, fp, fn) == 0.5
+    rows = [{"image": "x", "dice": 0.5, "fluid_px_true": 8, "fluid_px_pred": 8},
+            {"image": "y", "dice": 1.0, "fluid_px_true": 0, "fluid_px_pred": 0}]
+    m = segmentation_metrics(rows, np.array([4, 4, 4, 20]))
+    assert m["dice"] == 0.5 and m["dice_per_scan_mean"] == 0.75 and m["both_empty"] == ["y"] and m["n"] == 2
+
+
+def test_fluid_summary_and_the_flags_a_reader_needs():
+    m = np.zeros((100, 200), bool)
+    m[10:20, 10:20] = m[50:60, 100:130] = True
+    s = fluid_summary(m)
+    assert s["fluid_px"] == 400 and s["regions"] == 2 and s["fluid_fraction"] == 0.02
+    assert fluid_flag("NORMAL", s) and not fluid_flag("DME", s)
+    assert "no fluid" in fluid_flag("DME", fluid_summary(np.zeros((100, 200), bool)))
