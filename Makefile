@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Train briefly on the embedded synthetic sample, detect on held-apart images, score them.
+# Train briefly on the embedded synthetic sample, detect on held-apart images, score them; then grade one
+# image with the shipped default detector and grader (no --weights).
 demo: $(VENV)/.installed
 	$(BIN)/lesiondet train --voc annotations/sample/train --val annotations/sample/val \
 		--config configs/models/demo.yaml --epochs 10 --out $(RUN)
@@ -20,6 +21,8 @@ demo: $(VENV)/.installed
 		--out $(RUN)/detect --exist-ok --grade --report
 	$(BIN)/lesiondet eval --map --voc annotations/sample/test --weights $(RUN)/best.pt --json $(RUN)/eval.json \
 		--out $(RUN)/eval
+	$(BIN)/lesiondet detect annotations/sample/test/JPEGImages/synth_0030.jpg --grade --out $(RUN)/detect-default \
+		--exist-ok
 	@echo "demo outputs: $(RUN)/ (best.pt, curves.png, pr_curves.png, metrics.csv, detect/report.html, detect/*.png|json|xml, eval/*.png, eval.json)"
 
 test: $(VENV)/.installed

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 SRAHIM = ROOT.parent / "shared" / "data" / "grading" / "srahim" / "labels.csv"
 APTOS = ROOT.parent / "shared" / "data" / "grading" / "aptos224" / "labels.csv"
 RUN = ROOT / "benchmarks" / "runs" / "grading"
+CONFIG: Path | None = None  # --config: a grader config for smoke runs
 
 
 def write_csv(path: Path, items) -> Path:
@@ -44,15 +45,17 @@ def write_csv(path: Path, items) -> Path:
     return path
 
 
-def detections(detector: str, images: Path) -> dict[str, dict]:
+def detections(detector: str, images: list[Path]) -> dict[str, dict]:
     """Rule-grade objects of every photograph (``detect --grade --grader none``), cached by file stem."""
     out = RUN / "detect"
-    if not (out / "done").is_file():
-        cmd = [sys.executable, "-m", "lesiondet", "detect", str(images), "--weights", detector, "--grade",
+    todo = [p for p in images if not (out / f"{Path(p).stem}.json").is_file()]  # a killed run resumes
+    if todo:
+        images = todo
+        cmd = [sys.executable, "-m", "lesiondet", "detect", *map(str, images), "--weights", detector, "--grade",
                "--grader", "none", "--out", str(out), "--exist-ok"]
-        print("+", " ".join(cmd), flush=True)
+        print(f"+ lesiondet detect ({len(images)} photographs) --weights {detector} --grade --grader none "
+              f"--out {out} --exist-ok", flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        (out / "done").write_text(detector)
     return {p.stem: json.loads(p.read_text())["grade"] for p in out.glob("*.json")}
 
 
@@ -88,7 +91,7 @@ def aptos_row(minutes: float) -> tuple[dict, Path]:
     weights = run / "train" / "best.pt"
     if not weights.is_file():
         api.grader_train(write_csv(RUN / "aptos_train.csv", tr), preprocessed=True, time_limit=minutes,
-                         config=ROOT / "configs" / "models" / "grader-aptos.yaml",
+                         config=CONFIG or ROOT / "configs" / "models" / "grader-aptos.yaml",
                          out=run / "train", device="cpu", log=print)
     m = api.grader_evaluate(write_csv(RUN / "aptos_test.csv", te), weights, out=run / "eval", device="cpu")
     m["name"] = "CNN, APTOS only (its own 20% split)"
@@ -138,7 +141,7 @@ def cross_validate(dets: dict[str, dict], init: Path, minutes: float, k: int = 5
         run = RUN / f"fold{f}"
         weights = run / "best.pt"
         if not weights.is_file():
-            api.grader_train(write_csv(RUN / f"fold{f}_train.csv", [items[i] for i in tr]), init=init,
+            api.grader_train(write_csv(RUN / f"fold{f}_train.csv", [items[i] for i in tr]), init=init, config=CONFIG,
                              time_limit=minutes, out=run, device="cpu", log=print)
         inner = read_grading_csv(run / "val.csv")
         inner_out = cnn_outputs(weights, inner)
@@ -165,7 +168,7 @@ def ship_grader(dets: dict[str, dict], init: Path, minutes: float, combine: bool
     run = RUN / "ship"
     best = run / "best.pt"
     if not best.is_file():
-        api.grader_train(SRAHIM, init=init, time_limit=minutes, out=run, device="cpu", log=print)
+        api.grader_train(SRAHIM, init=init, time_limit=minutes, out=run, device="cpu", log=print, config=CONFIG)
     ck = load_checkpoint(best)
     ck.pop("combiner", None)
     if combine:
@@ -176,6 +179,29 @@ def ship_grader(dets: dict[str, dict], init: Path, minutes: float, combine: bool
         ck["combiner"] = stack.to_dict()
     save_checkpoint(best, ck)
     return ship_checkpoint(best, HERE / GRADER)
+
+
+def check_shipped() -> dict[str, Any]:
+    """``lesiondet detect --grade`` with the shipped models (no --weights) on the shipped grader's validation
+    patients (held out from its weights; its cut points and stacker were tuned on them), scored like the rows."""
+    from lesiondet.grading.cnn import read_grading_csv
+
+    items = read_grading_csv(RUN / "ship" / "val.csv")
+    out = RUN / "shipped_detect"
+    cmd = [sys.executable, "-m", "lesiondet", "detect", *[str(i.path) for i in items], "--grade", "--out", str(out),
+           "--exist-ok"]
+    print(f"+ lesiondet detect ({len(items)} photographs) --grade --out {out} --exist-ok", flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    docs = [json.loads((out / f"{i.path.stem}.json").read_text())["grade"] for i in items]
+    pred = [d["grade"] if d["grade"] is not None else 0 for d in docs]
+    m = score_row("shipped detect --grade (grader's validation patients)", items, pred,
+                  [bool(d["referable"]) for d in docs],
+                  [d["model_probabilities"]["p_referable"] if d["model_probabilities"] else 0.0 for d in docs],
+                  [d["model_probabilities"]["p_maculopathy"] if d["model_probabilities"] else 0.0 for d in docs])
+    m["ungradable"] = sum(d["grade"] is None for d in docs)
+    (RUN / "shipped_check.json").write_text(json.dumps({k: v for k, v in m.items()}, indent=1))
+    print(table([m]), f"\nungradable: {m['ungradable']}")
+    return m
 
 
 def table(rows: list[dict]) -> str:
@@ -199,20 +225,31 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
+    global SRAHIM, APTOS, RUN, CONFIG
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detector", default=str(ROOT / "lesiondet" / "weights" / "detector.pt"))
     ap.add_argument("--aptos-minutes", type=float, default=10)
     ap.add_argument("--fold-minutes", type=float, default=3)
     ap.add_argument("--ship-minutes", type=float, default=4)
     ap.add_argument("--ship", action="store_true", help="also train the shipped grader on all photographs")
+    ap.add_argument("--srahim", type=Path, default=SRAHIM, help="graded CSV for the cross-validation")
+    ap.add_argument("--aptos", type=Path, default=APTOS, help="APTOS CSV (preprocessed photographs)")
+    ap.add_argument("--run", type=Path, default=RUN, help="output folder")
+    ap.add_argument("--config", type=Path, help="grader config YAML for every CNN trained here (smoke runs)")
+    ap.add_argument("--check-shipped", action="store_true",
+                    help="only run detect --grade with the shipped models on the shipped grader's validation patients")
     a = ap.parse_args()
+    SRAHIM, APTOS, RUN, CONFIG = a.srahim, a.aptos, a.run, a.config
     import torch
 
     torch.manual_seed(0)
     from lesiondet.grading.cnn import read_grading_csv
 
     RUN.mkdir(parents=True, exist_ok=True)
-    dets = detections(a.detector, SRAHIM.parent / "images")
+    if a.check_shipped:
+        check_shipped()
+        return 0
+    dets = detections(a.detector, [i.path for i in read_grading_csv(SRAHIM)])
     aptos, init = aptos_row(a.aptos_minutes)
     oof = cross_validate(dets, init, a.fold_minutes)
     items = read_grading_csv(SRAHIM)
@@ -228,7 +265,7 @@ def main() -> int:
          "oof": {k: [list(map(float, t)) for t in v] for k, v in oof.items()}}, indent=1))
     if a.ship:
         combine = rows[3]["qwk"] > rows[2]["qwk"]
-        print("shipped grader:", ship_grader(dets, init, a.ship_minutes, combine), "combiner:", combine)
+        print("shipped grader:", ship_grader(dets, init, a.ship_minutes, combine), "combiner:", combine, flush=True)
     md = table(rows)
     RUN.joinpath("table.md").write_text(md + "\n")
     print(md)

@@ -75,7 +75,8 @@ def final_grade(rule: Grade, cnn: Mapping[str, Any] | None, quality: Quality | N
         source, probs = "cnn+lesions", [round(float(v), 4) for v in p]
     else:
         g, source = int(cnn["grade"]), "cnn"
-    referable = bool(g >= 2 or cnn["p_referable"] >= cnn.get("referable_threshold", 1.0) or cnn["referable"])
+    # the image model's call already includes its referable threshold (tuned for sensitivity) and maculopathy
+    referable = bool(g >= 2 or cnn["referable"])
     reasons = [f"image model: grade {cnn['grade']} (score {cnn['score']:.2f}, "
                f"P(referable) {cnn['p_referable']:.2f}, P(maculopathy) {cnn['p_maculopathy']:.2f})"]
     if source == "cnn+lesions":

@@ -72,7 +72,7 @@ class QualityLimits:
     """Thresholds below which a photograph is not graded. Set well below every shared graded photograph."""
 
     min_fov_fraction: float = 0.35  # share of the frame the field of view covers (shared photographs: >= 0.66)
-    min_brightness: float = 15.0  # mean green inside the field of view, 0-255 (shared photographs: >= 24)
+    min_brightness: float = 18.0  # mean green inside the field of view, 0-255 (shared photographs: >= 24)
     # high-pass (sigma 2 px at 512 px) std of the green channel as % of its mean: fine vessels and lesion edges.
     # Shared photographs: >= 1.55; a Gaussian blur of sigma 5 px at 1024 px brings them to 0.9-1.6.
     min_sharpness: float = 1.2

@@ -58,7 +58,10 @@ def read_fluid_data(source: str | Path) -> list[FluidScan]:
     src = Path(source)
     scans: list[FluidScan] = []
     if src.is_dir():
-        if not (src / "images").is_dir() or not (src / "masks").is_dir():
+        from lesiondet.fileio import list_dir
+
+        subs = {p.name for p in list_dir(src) if p.is_dir()}  # an unreadable folder fails here, naming it
+        if not {"images", "masks"} <= subs:
             raise LesiondetError(src, "expected images/ and masks/ sub-folders",
                                  "put the B-scans in images/ and their fluid masks (same file names) in masks/")
         images, masks = list_images(src / "images"), {p.stem: p for p in list_images(src / "masks")}

@@ -18,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
+    "detector.pt": "4c6b8c1a2ed49f5f7275c309480fd7010e62035b186bd917e5882c5282a10b56",
+    "grader.pt": "3d3d89c92f24fc8a2354e85d9d0e52efc585e82a41f24e23388ac48644220b62",
 }
 
 DETECTOR = "detector.pt"

@@ -272,7 +272,8 @@ def test_odd_images_work_in_every_command(tmp_path, capsys, tiny_config, trained
 
 
 # ----------------------------------------------------------------------------- empty and unreadable folders
-def _commands(folder: Path, trained_run: Path, oct_run: Path, out: Path) -> dict[str, list[str]]:
+def _commands(folder: Path, trained_run: Path, oct_run: Path, out: Path, seg: str = "", grader: str = ""
+              ) -> dict[str, list[str]]:
     w, o = str(trained_run / "best.pt"), str(oct_run / "best.pt")
     return {
         "train": ["train", "--voc", str(folder), "--out", str(out)],
@@ -282,24 +283,31 @@ def _commands(folder: Path, trained_run: Path, oct_run: Path, out: Path) -> dict
         "oct train": ["oct", "train", "--data", str(folder), "--out", str(out)],
         "oct predict": ["oct", "predict", str(folder), "--weights", o, "--out", str(out)],
         "oct eval": ["oct", "eval", "--data", str(folder), "--weights", o, "--out", str(out)],
+        "oct segment train": ["oct", "segment", "train", "--data", str(folder), "--out", str(out)],
+        "oct segment predict": ["oct", "segment", "predict", str(folder), "--weights", seg, "--out", str(out)],
+        "oct segment eval": ["oct", "segment", "eval", "--data", str(folder), "--weights", seg, "--out", str(out)],
+        "grader predict": ["grader", "predict", str(folder), "--weights", grader, "--json", str(out / "p.json")],
     }
 
 
-COMMANDS = ["train", "detect", "eval", "grade", "oct train", "oct predict", "oct eval"]
+COMMANDS = ["train", "detect", "eval", "grade", "oct train", "oct predict", "oct eval", "oct segment train",
+            "oct segment predict", "oct segment eval", "grader predict"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_an_empty_folder_is_one_line(command, tmp_path, capsys, trained_run, oct_run):
+def test_an_empty_folder_is_one_line(command, tmp_path, capsys, trained_run, oct_run, seg_run, grader_run):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
-    rc = main(_commands(empty, trained_run, oct_run, out)[command])
+    rc = main(_commands(empty, trained_run, oct_run, out, str(seg_run / "best.pt"),
+                        str(grader_run / "best.pt"))[command])
     expect_one_line_error(capsys, rc, str(empty))
     assert not out.exists()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_an_unreadable_folder_is_one_line(command, tmp_path, capsys, trained_run, oct_run, monkeypatch):
+def test_an_unreadable_folder_is_one_line(command, tmp_path, capsys, trained_run, oct_run, seg_run, grader_run,
+                                         monkeypatch):
     # chmod 000 does not stop root (CI runs as root), so the OS refusal is simulated where folders are listed.
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -313,7 +321,8 @@ def test_an_unreadable_folder_is_one_line(command, tmp_path, capsys, trained_run
 
     monkeypatch.setattr(pathlib.Path, "iterdir", iterdir)
     out = tmp_path / "out"
-    rc = main(_commands(locked, trained_run, oct_run, out)[command])
+    rc = main(_commands(locked, trained_run, oct_run, out, str(seg_run / "best.pt"),
+                        str(grader_run / "best.pt"))[command])
     expect_one_line_error(capsys, rc, str(locked), "permission denied")
     assert not out.exists()
 

@@ -157,5 +157,6 @@ def test_detect_grade_adds_grade_to_json(trained_run, tiny_sample, tmp_path, cap
     assert main(["detect", str(img), "--weights", str(trained_run / "best.pt"), "--grade", "--score", "0.05",
                  "--out", str(tmp_path / "d")]) == 0
     doc = json.loads((tmp_path / "d" / f"{img.stem}.json").read_text())
-    assert 0 <= doc["grade"]["grade"] <= 3 and doc["grade"]["pdr_assessable"] is False
+    assert 0 <= doc["grade"]["rule_grade"]["grade"] <= 3 and doc["grade"]["pdr_assessable"] is False
+    assert doc["grade"]["grade"] in range(5) and doc["grade"]["grade_source"] in ("cnn", "cnn+lesions")
     assert "grade 4" in capsys.readouterr().out
