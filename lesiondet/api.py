@@ -169,7 +169,7 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     predictor = Predictor(weights or default_detector(), device, score, trust_legacy=trust_legacy, **tiling)
     grading_cfg = GradingConfig.load(grading) if (grade or report) else None
     image_model = None
-    if grade and str(grader).lower() != "none":
+    if grade and not (isinstance(grader, str) and grader.lower() == "none"):
         from lesiondet.grading.cnn import GraderCNN
         from lesiondet.weights import default_grader
 

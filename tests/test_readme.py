@@ -18,7 +18,7 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert out.count("ICDR grade") == 6 and "AP50" in out and "MA FROC" in out
+    assert out.count("; rule grade") == 6 and "AP50" in out and "MA FROC" in out
     assert (tmp_path / "runs/api/detect/report.html").is_file()
     assert (tmp_path / "runs/api/train/best.onnx").is_file()
     assert len(list((tmp_path / "runs/api/detect-onnx").glob("*.xml"))) == 6
