@@ -1,7 +1,7 @@
 """Grading against ophthalmologists: patient-grouped 5-fold cross-validation on the shared graded photographs.
 
-    python benchmarks/grading.py --detector lesiondet/weights/detector.pt     # everything below
-    python benchmarks/grading.py --aptos-minutes 10 --fold-minutes 3 --ship   # and the shipped grader
+    python benchmarks/grading.py --aptos-minutes 30 --ship     # every row below, then the shipped grader
+    python benchmarks/grading.py --check other_patients.csv    # shipped detect --grade on other patients
 
 Rows, all scored on the same out-of-fold photographs (``../shared/data/grading/srahim``, 450
 photographs of 225 patients; folds keep a patient's two eyes together):
@@ -9,15 +9,18 @@ photographs of 225 patients; folds keep a patient's two eyes together):
 * **rules**: ``lesiondet detect --grade --grader none`` on the default detector's boxes;
 * **ordinal on lesions**: the learned ordinal grader (``grading.learned``) on the same boxes'
   features, fitted on the training folds;
-* **CNN**: ``lesiondet grader train --init APTOS`` on the training folds (its own 20% of patients
-  held out for early stopping and the cut points), scored on the test fold;
-* **CNN + lesions**: the ordinal stacker (``grading.combined``) on the CNN's score and the lesion
-  counts, fitted on that held-out 20%, never on the test fold.
+* **CNN**: the network pre-trained on APTOS (``grader train --preprocessed``), its features read at
+  224, 384 and 512 px, and the readout (``grader fit``, ``grading.readout``) fitted on the training
+  folds, cut points and threshold tuned on their own out-of-fold predictions;
+* **CNN + lesions**: the same readout with the lesion-feature block beside it (late fusion): what
+  ``grader fit --lesions`` ships and ``detect --grade`` runs;
+* with ``--finetune-minutes M``: the whole network fine-tuned per fold at 224 px from the same
+  APTOS network (the previous release's recipe).
 
 Plus the APTOS row: the CNN trained on 80% of ``aptos224`` (stratified, seed 0) and scored on the
 other 20%, as seed 002 reports. Columns: QWK, accuracy, referable sensitivity / specificity / AUC
 with patient-bootstrap 95% intervals, maculopathy sensitivity / specificity. Everything goes to
-``benchmarks/runs/grading/`` (``result.json``, ``table.md``).
+``benchmarks/runs/grading/`` (``result.json``, ``table.md``); a killed run resumes from what it cached.
 """
 from __future__ import annotations
 
@@ -112,23 +115,52 @@ def cnn_outputs(weights: Path, items) -> list[dict]:
     out = g.predict([i.path for i in items])
     for o in out:
         o.pop("embedding")
-        o["referable_threshold"] = g.referable_threshold
     return out
 
 
-def cross_validate(dets: dict[str, dict], init: Path, minutes: float, k: int = 5) -> dict[str, list]:
+def cnn_copy(weights: Path) -> Path:
+    """The fp16 copy of the APTOS network that ships: features for the readout are read from it."""
+    from lesiondet.weights import ship_checkpoint
+
+    dst = RUN / "aptos_cnn_fp16.pt"
+    if not dst.is_file() or dst.stat().st_mtime < weights.stat().st_mtime:
+        ship_checkpoint(weights, dst)
+    return dst
+
+
+def embeddings(cnn: Path, items, sizes: list[int]) -> np.ndarray:
+    """Multi-scale features of every graded photograph, cached beside the network's digest."""
+    from lesiondet.grading.cnn import GraderCNN
+    from lesiondet.grading.readout import embed_photographs
+    from lesiondet.weights import sha256
+
+    key = f"{sha256(cnn)[:16]}_{'-'.join(map(str, sizes))}_bg"  # _bg: Ben Graham-processed here
+    cache = RUN / f"embed_{key}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    print(f"features of {len(items)} photographs at {sizes} px from {cnn}", flush=True)
+    E = embed_photographs(GraderCNN(cnn, "cpu"), [i.path for i in items], sizes, progress=True)
+    np.save(cache, E)
+    return E
+
+
+def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes: float, k: int = 5
+                   ) -> dict[str, list]:
     """Out-of-fold predictions of every grader, in the order of the shared labels."""
     from lesiondet import api
     from lesiondet.grading.cnn import read_grading_csv
-    from lesiondet.grading.combined import combiner_features, final_grade, fit_combiner
     from lesiondet.grading.learned import OrdinalGrader, features
+    from lesiondet.grading.readout import fit_readout
 
     items = read_grading_csv(SRAHIM)
     rules = [rule_grade(dets[i.path.stem]) for i in items]
-    oof: dict[str, list] = {n: [None] * len(items) for n in ("rules", "ordinal", "cnn", "combined")}
+    X = np.stack([features(g) for g in rules])
+    sizes = [int(s) for s in cfg["readout_sizes"]]
+    E = embeddings(cnn, items, sizes)
+    names = ["rules", "ordinal", "cnn", "cnn+lesions"] + (["finetuned"] if finetune_minutes else [])
+    oof: dict[str, list] = {n: [None] * len(items) for n in names}
     for f, (tr, te) in enumerate(folds(items, k)):
         # rules need no fitting; the ordinal grader fits on the training folds' boxes
-        X = np.stack([features(g) for g in rules])
         ordinal = OrdinalGrader().fit(X[tr], [items[i].grade for i in tr])
         p_ord = np.zeros((len(te), 5))
         p_ord[:, ordinal.grades_] = ordinal.predict_proba(X[te])
@@ -138,55 +170,44 @@ def cross_validate(dets: dict[str, dict], init: Path, minutes: float, k: int = 5
                                float(g.dme_suspect))
             pred = int(np.clip(np.rint(p_ord[j] @ np.arange(5)), 0, 4))
             oof["ordinal"][i] = (pred, pred >= 2 or g.dme_suspect, float(p_ord[j, 2:].sum()), float(g.dme_suspect))
-        run = RUN / f"fold{f}"
-        weights = run / "best.pt"
-        if not weights.is_file():
-            api.grader_train(write_csv(RUN / f"fold{f}_train.csv", [items[i] for i in tr]), init=init, config=CONFIG,
-                             time_limit=minutes, out=run, device="cpu", log=print)
-        inner = read_grading_csv(run / "val.csv")
-        inner_out = cnn_outputs(weights, inner)
-        stack = fit_combiner(np.stack([combiner_features(o, rule_grade(dets[i.path.stem]))
-                                       for o, i in zip(inner_out, inner)]), [i.grade for i in inner])
-        test_out = cnn_outputs(weights, [items[i] for i in te])
-        for o, i in zip(test_out, te):
-            oof["cnn"][i] = (o["grade"], o["referable"], o["p_referable"], o["p_maculopathy"])
-            d = final_grade(rules[i], o, None, stack)
-            oof["combined"][i] = (d["grade"], d["referable"], o["p_referable"], o["p_maculopathy"])
+        # the readout: fitted (and its cut points tuned, out of fold) on the training folds only
+        tr_items = [items[i] for i in tr]
+        readout, _ = fit_readout(E[tr], X[tr], [i.grade for i in tr_items], [i.referable for i in tr_items],
+                                 [i.maculopathy for i in tr_items], [i.patient for i in tr_items], sizes, cfg)
+        for name, L in (("cnn", None), ("cnn+lesions", X[te])):
+            d = readout.predict(E[te], L)
+            for j, i in enumerate(te):
+                oof[name][i] = (int(d["grade"][j]), bool(d["referable"][j]), float(d["p_referable"][j]),
+                                float(d["p_maculopathy"][j]))
+        if finetune_minutes:  # the previous release's recipe: the whole network fine-tuned per fold at 224 px
+            run = RUN / f"fold{f}"
+            if not (run / "best.pt").is_file():
+                api.grader_train(write_csv(RUN / f"fold{f}_train.csv", tr_items), init=cnn, config=CONFIG,
+                                 time_limit=finetune_minutes, out=run, device="cpu", log=print)
+            for o, i in zip(cnn_outputs(run / "best.pt", [items[i] for i in te]), te):
+                oof["finetuned"][i] = (o["grade"], o["referable"], o["p_referable"], o["p_maculopathy"])
         print(f"fold {f}: done", flush=True)
     return oof
 
 
-def ship_grader(dets: dict[str, dict], init: Path, minutes: float, combine: bool) -> dict[str, Any]:
-    """Train the shipped grader on all shared graded photographs (20% of patients held out for the cut points
-    and, with ``combine``, the stacker), and write its fp16 copy to lesiondet/weights/grader.pt."""
+def ship_grader(cnn: Path, config: Path | None) -> dict[str, Any]:
+    """``lesiondet grader fit`` on all shared graded photographs, with the cached lesion detections, and its
+    copy to lesiondet/weights/grader.pt."""
     from lesiondet import api
-    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
-    from lesiondet.grading.cnn import read_grading_csv
-    from lesiondet.grading.combined import combiner_features, fit_combiner
     from lesiondet.weights import GRADER, HERE, ship_checkpoint
 
-    run = RUN / "ship"
-    best = run / "best.pt"
-    if not best.is_file():
-        api.grader_train(SRAHIM, init=init, time_limit=minutes, out=run, device="cpu", log=print, config=CONFIG)
-    ck = load_checkpoint(best)
-    ck.pop("combiner", None)
-    if combine:
-        inner = read_grading_csv(run / "val.csv")
-        outs = cnn_outputs(best, inner)
-        stack = fit_combiner(np.stack([combiner_features(o, rule_grade(dets[i.path.stem]))
-                                       for o, i in zip(outs, inner)]), [i.grade for i in inner])
-        ck["combiner"] = stack.to_dict()
-    save_checkpoint(best, ck)
-    return ship_checkpoint(best, HERE / GRADER)
+    print(f"+ lesiondet grader fit --data {SRAHIM} --weights {cnn} --lesions {RUN / 'detect'} --out {RUN / 'ship'}",
+          flush=True)
+    r = api.grader_fit(SRAHIM, cnn, lesions=RUN / "detect", config=config, out=RUN / "ship", device="cpu", log=print)
+    return ship_checkpoint(r["weights"], HERE / GRADER)
 
 
-def check_shipped() -> dict[str, Any]:
-    """``lesiondet detect --grade`` with the shipped models (no --weights) on the shipped grader's validation
-    patients (held out from its weights; its cut points and stacker were tuned on them), scored like the rows."""
+def check(csv: Path) -> dict[str, Any]:
+    """``lesiondet detect --grade`` with the shipped models (no --weights) on a graded CSV of other patients,
+    scored like the rows."""
     from lesiondet.grading.cnn import read_grading_csv
 
-    items = read_grading_csv(RUN / "ship" / "val.csv")
+    items = read_grading_csv(csv)
     out = RUN / "shipped_detect"
     cmd = [sys.executable, "-m", "lesiondet", "detect", *[str(i.path) for i in items], "--grade", "--out", str(out),
            "--exist-ok"]
@@ -194,8 +215,7 @@ def check_shipped() -> dict[str, Any]:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     docs = [json.loads((out / f"{i.path.stem}.json").read_text())["grade"] for i in items]
     pred = [d["grade"] if d["grade"] is not None else 0 for d in docs]
-    m = score_row("shipped detect --grade (grader's validation patients)", items, pred,
-                  [bool(d["referable"]) for d in docs],
+    m = score_row(f"shipped detect --grade on {csv.name}", items, pred, [bool(d["referable"]) for d in docs],
                   [d["model_probabilities"]["p_referable"] if d["model_probabilities"] else 0.0 for d in docs],
                   [d["model_probabilities"]["p_maculopathy"] if d["model_probabilities"] else 0.0 for d in docs])
     m["ungradable"] = sum(d["grade"] is None for d in docs)
@@ -228,47 +248,51 @@ def main() -> int:
     global SRAHIM, APTOS, RUN, CONFIG
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detector", default=str(ROOT / "lesiondet" / "weights" / "detector.pt"))
-    ap.add_argument("--aptos-minutes", type=float, default=10)
-    ap.add_argument("--fold-minutes", type=float, default=3)
-    ap.add_argument("--ship-minutes", type=float, default=4)
-    ap.add_argument("--ship", action="store_true", help="also train the shipped grader on all photographs")
+    ap.add_argument("--aptos-minutes", type=float, default=30)
+    ap.add_argument("--finetune-minutes", type=float, default=0,
+                    help="also fine-tune the whole network per fold for this long (the previous release's recipe)")
+    ap.add_argument("--ship", action="store_true", help="also fit the shipped grader on all photographs")
     ap.add_argument("--srahim", type=Path, default=SRAHIM, help="graded CSV for the cross-validation")
     ap.add_argument("--aptos", type=Path, default=APTOS, help="APTOS CSV (preprocessed photographs)")
     ap.add_argument("--run", type=Path, default=RUN, help="output folder")
-    ap.add_argument("--config", type=Path, help="grader config YAML for every CNN trained here (smoke runs)")
-    ap.add_argument("--check-shipped", action="store_true",
-                    help="only run detect --grade with the shipped models on the shipped grader's validation patients")
+    ap.add_argument("--config", type=Path, help="grader config YAML for every CNN and readout here (smoke runs)")
+    ap.add_argument("--check", type=Path, metavar="CSV",
+                    help="only run detect --grade with the shipped models on this graded CSV (other patients)")
     a = ap.parse_args()
     SRAHIM, APTOS, RUN, CONFIG = a.srahim, a.aptos, a.run, a.config
     import torch
 
     torch.manual_seed(0)
+    from lesiondet.config import load_section
     from lesiondet.grading.cnn import read_grading_csv
 
     RUN.mkdir(parents=True, exist_ok=True)
-    if a.check_shipped:
-        check_shipped()
+    if a.check:
+        check(a.check)
         return 0
+    cfg = load_section("grader", CONFIG, "grader config", "pass a YAML with a grader: section")
     dets = detections(a.detector, [i.path for i in read_grading_csv(SRAHIM)])
-    aptos, init = aptos_row(a.aptos_minutes)
-    oof = cross_validate(dets, init, a.fold_minutes)
+    aptos, weights = aptos_row(a.aptos_minutes)
+    cnn = cnn_copy(weights)
+    oof = cross_validate(dets, cnn, cfg, a.finetune_minutes)
     items = read_grading_csv(SRAHIM)
     names = {"rules": "rules on default-detector lesions", "ordinal": "learned ordinal on detector features",
-             "cnn": "CNN (APTOS init, fine-tuned per fold)", "combined": "CNN + lesions (stacked)"}
+             "cnn": "CNN (APTOS network, readout on its features)",
+             "cnn+lesions": "CNN + lesions (readout on both, late fusion)",
+             "finetuned": "CNN fine-tuned end to end per fold (previous recipe)"}
     rows = []
-    for key, name in names.items():
+    for key in oof:
         pred, called, score, mac = zip(*oof[key])
-        rows.append(score_row(name, items, pred, called, score, mac))
+        rows.append(score_row(names[key], items, pred, called, score, mac))
     rows.append(aptos)
     RUN.joinpath("result.json").write_text(json.dumps(
         {"rows": [{k: v for k, v in r.items() if k not in ("per_image",) and not k.endswith("_png")} for r in rows],
          "oof": {k: [list(map(float, t)) for t in v] for k, v in oof.items()}}, indent=1))
-    if a.ship:
-        combine = rows[3]["qwk"] > rows[2]["qwk"]
-        print("shipped grader:", ship_grader(dets, init, a.ship_minutes, combine), "combiner:", combine, flush=True)
     md = table(rows)
     RUN.joinpath("table.md").write_text(md + "\n")
-    print(md)
+    print(md, flush=True)
+    if a.ship:
+        print("shipped grader:", ship_grader(cnn, CONFIG), flush=True)
     return 0
 
 

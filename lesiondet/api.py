@@ -445,13 +445,12 @@ def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_sp
         check_disjoint(train_s, val_s, val)
     else:
         train_s, val_s = subject_split(scans, val_split, int(cfg["seed"]))
-    for s in train_s + val_s:
-        read_pair(s)  # a bad or mismatched file fails now, before any run folder
+    decoded = {s: read_pair(s) for s in train_s + val_s}  # a bad or mismatched file fails now, before any run folder
     run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
     log(f"fluid U-Net: training on {len(train_s)} scans of {len({s.subject for s in train_s})} subjects, "
         f"validating on {len(val_s)} scans of {len({s.subject for s in val_s})} other subjects; run folder {run_dir}")
     return train_segmenter(train_s, val_s, cfg, run_dir, resolve_device(device), time_limit_min=time_limit,
-                           log=log, resume=resume)
+                           log=log, resume=resume, decoded=decoded)
 
 
 def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, out: str | Path = "runs/oct-seg",
@@ -547,8 +546,9 @@ def grader_train(data: str | Path, *, val: str | Path | None = None, val_split: 
         check_disjoint(train_i, val_i, val)
     else:
         train_i, val_i = patient_split(items, val_split, int(cfg["seed"]))
-    for it in train_i + val_i:
-        load_input(it.path, 8, True)  # a bad file fails now, not in epoch five
+    size = int(cfg["size"])
+    # every photograph is decoded and preprocessed now, once: a bad file fails before any run folder
+    decoded = {it.path: load_input(it.path, size, preprocessed) for it in train_i + val_i}
     run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
     counts = Counter(i.grade for i in train_i)
     grades = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
@@ -556,7 +556,64 @@ def grader_train(data: str | Path, *, val: str | Path | None = None, val_split: 
         f"from {len({i.patient for i in train_i})} patients, validating on {len(val_i)} from "
         f"{len({i.patient for i in val_i})} other patients; run folder {run_dir}")
     return train_grader(train_i, val_i, cfg, run_dir, resolve_device(device), preprocessed=preprocessed, init=init,
-                        time_limit_min=time_limit, log=log, resume=resume)
+                        time_limit_min=time_limit, log=log, resume=resume, decoded=decoded)
+
+
+def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | None = None,
+               preprocessed: bool = False, config: str | Path | None = None, grading: str | Path | None = None,
+               out: str | Path = "runs/grader-fit", device: str = "auto", log: Log = _quiet) -> dict[str, Any]:
+    """Fit the grade readout of a trained grading CNN on graded photographs (``grading.readout``).
+
+    ``lesions``: a folder of ``detect --grade`` JSONs of the same photographs; the readout then also
+    weighs the lesion evidence when ``detect --grade`` runs with it. Writes ``grader.pt`` (the network
+    with its readout), ``fit.json`` (patient-grouped out-of-fold figures of each variant) and
+    ``grade_confusion.png``. ``preprocessed``: the photographs of ``data`` are already Ben
+    Graham-processed; the written grader then expects such photographs too.
+    """
+    from lesiondet.config import load_section
+    from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
+    from lesiondet.fileio import write_json
+    from lesiondet.grading.cnn import CNN_FORMAT, GraderCNN, read_grading_csv
+    from lesiondet.grading.learned import plot_confusion, read_lesion_features
+    from lesiondet.grading.metrics import grading_metrics
+    from lesiondet.grading.readout import embed_photographs, fit_readout
+    from lesiondet.grading.rules import GradingConfig
+
+    cfg = load_section("grader", config, "grader config", "pass a YAML with a grader: section")
+    items = read_grading_csv(data)
+    L = (read_lesion_features(lesions, [i.path for i in items], GradingConfig.load(grading).merged_as_he)
+         if lesions else None)
+    g = GraderCNN(weights, device)
+    sizes = [int(s) for s in cfg["readout_sizes"]]
+    log(f"grader fit: features of {len(items)} photographs from {len({i.patient for i in items})} patients at "
+        f"{', '.join(map(str, sizes))} px" + (", with the lesion evidence" if L is not None else ""))
+    E = embed_photographs(g, [i.path for i in items], sizes, preprocessed, progress=True)
+    readout, oof = fit_readout(E, L, [i.grade for i in items], [i.referable for i in items],
+                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg)
+    y = [i.grade for i in items]
+    report: dict[str, Any] = {"n": len(items), "patients": len({i.patient for i in items}), "sizes": sizes,
+                              "lesions": L is not None, "out_of_fold": {}}
+    for v, o in oof.items():
+        report["out_of_fold"][v] = grading_metrics(
+            y, o["grade"], referable_true=[i.referable for i in items], referable_called=o["referable"],
+            referable_score=o["p_referable"], maculopathy_true=[i.maculopathy for i in items],
+            maculopathy_score=o["p_maculopathy"], patients=[i.patient for i in items])
+    report["cuts"], report["referable_thresholds"] = readout.cuts, readout.thresholds
+    run_dir = next_run_dir(Path(out).parent, Path(out).name)
+    best = "cnn+lesions" if "cnn+lesions" in oof else "cnn"
+    m = report["out_of_fold"][best]
+    report["confusion_png"] = str(plot_confusion(
+        run_dir / "grade_confusion.png", y, oof[best]["grade"],
+        f"grade readout ({best}), out of fold: QWK {m['qwk']:.3f} (n={m['n']})"))
+    ck = {k: v for k, v in load_checkpoint(weights).items() if k not in TRAINING_STATE}
+    assert ck.get("format") == CNN_FORMAT  # GraderCNN above refused anything else
+    ck["readout"] = readout.to_dict()
+    ck["preprocessed"] = preprocessed  # what the readout was fitted on is what it must be given
+    ck["readout_config"] = {k: cfg[k] for k in cfg if k.startswith(("readout_", "lesion_"))}
+    write_json(run_dir / "fit.json", report)
+    save_checkpoint(run_dir / "grader.pt", ck)
+    report["weights"] = str(run_dir / "grader.pt")
+    return report
 
 
 def grader_evaluate(data: str | Path, weights: str | Path | None = None, *, json: str | Path | None = None,
@@ -609,7 +666,7 @@ def grader_predict(images: Sequence[str | Path], weights: str | Path | None = No
         q = assess_quality(img)
         doc: dict[str, Any] = {"image": str(p), "gradable": q.gradable, "quality": q.to_dict()}
         if q.gradable:
-            r = g.predict_images([g.prepare(p)])[0]
+            r = g.predict_images([g.prepare_array(img)])[0]
             r.pop("embedding")
             doc.update(r)
         else:

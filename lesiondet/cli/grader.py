@@ -1,4 +1,4 @@
-"""``lesiondet grader train|eval|predict``: the image-level DR grading CNN."""
+"""``lesiondet grader train|fit|eval|predict``: the image-level DR grading CNN and its grade readout."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,20 @@ def add(sub) -> None:
     t.add_argument("--out", default="runs/grader", help="run folder; numbered if it exists")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
     t.set_defaults(func=run_train)
+    f = gsub.add_parser("fit", help="fit the grade readout (linear models on the CNN's multi-scale features, "
+                                    "optionally with lesion evidence) on graded photographs")
+    f.add_argument("--data", required=True, help="CSV image,dr_grade[,maculopathy][,patient]; paths relative to it")
+    f.add_argument("--weights", required=True, help="a trained grader's best.pt (e.g. pre-trained on APTOS)")
+    f.add_argument("--lesions", metavar="DIR",
+                   help="per-photograph JSONs of 'lesiondet detect --grade --grader none --out DIR' on the same "
+                        "photographs: the readout then also weighs lesion counts, areas and quadrants")
+    f.add_argument("--preprocessed", action="store_true",
+                   help="the photographs are already Ben Graham-processed by their source")
+    f.add_argument("--config", help="YAML with a grader: section (readout_* options)")
+    f.add_argument("--grading", help="grading-rules YAML (which merged classes count as haemorrhages)")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--out", default="runs/grader-fit", help="run folder; numbered if it exists")
+    f.set_defaults(func=run_fit)
     e = gsub.add_parser("eval", help="QWK, accuracy, confusion, referable and maculopathy figures")
     e.add_argument("--data", required=True, help="graded CSV (other patients than training)")
     e.add_argument("--weights", help="grader best.pt (default: the shipped grader)")
@@ -51,6 +65,22 @@ def run_train(a: argparse.Namespace) -> int:
         best = max(r["val_qwk"] for r in s["history"])
         say(f"best validation QWK {best:.3f} (plain rounding); weights {s['out_dir']}/best.pt, "
             f"curves {s['out_dir']}/curves.png")
+    return 0
+
+
+def run_fit(a: argparse.Namespace) -> int:
+    from lesiondet import api
+
+    r = api.grader_fit(a.data, a.weights, lesions=a.lesions, preprocessed=a.preprocessed, config=a.config,
+                       grading=a.grading, out=a.out, device=a.device, log=say)
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for v, m in r["out_of_fold"].items():
+        ref = m["referable"]
+        print(f"{v:12s} out of fold (patient-grouped): QWK {f(m['qwk'])}  referable sensitivity "
+              f"{f(ref['sensitivity'])} specificity {f(ref['specificity'])} AUC {f(ref.get('auc'))}")
+    say(f"weights {r['weights']}; figures {Path(r['weights']).parent / 'fit.json'}, {r['confusion_png']}")
     return 0
 
 

@@ -115,13 +115,15 @@ def grade_photograph(grader, img, rule: Grade, grading: GradingConfig) -> dict:
     """Imageability, then the grading CNN, then the combined grade object (``grading.combined``)."""
     from lesiondet.grading.combined import final_grade
     from lesiondet.grading.fundus import assess_quality
+    from lesiondet.grading.learned import features
 
     q = assess_quality(img)
     cnn = None
     if q.gradable:
-        cnn = grader.predict_images([grader.prepare_array(img)])[0]
+        lesions = features(rule, grading.merged_as_he)[None] if grader.uses_lesions else None
+        cnn = grader.predict_images([grader.prepare_array(img)], lesions=lesions)[0]
         cnn.pop("embedding")
-    return final_grade(rule, cnn, q, grader.combiner_model, grading.merged_as_he)
+    return final_grade(rule, cnn, q)
 
 
 def count_table(run: DetectRun, classes: Sequence[str]) -> str:

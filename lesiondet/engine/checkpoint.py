@@ -25,6 +25,10 @@ LEGACY_RISK = ("--trust-legacy unpickles the file with code execution: use it on
                "yourself or got from someone you trust")
 
 
+#: what ``last.pt`` holds to resume training and a deployable model file leaves out
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "augment", "loader_generator")
+
+
 def to_plain(obj: Any) -> Any:
     """``obj`` with NumPy values, paths and sets turned into types ``weights_only`` loading accepts."""
     if isinstance(obj, torch.Tensor):

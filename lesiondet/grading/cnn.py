@@ -120,27 +120,16 @@ def read_grading_csv(path: str | Path) -> list[GradedImage]:
 def patient_split(items: Sequence[GradedImage], val_fraction: float = 0.2, seed: int = 0
                   ) -> tuple[list[GradedImage], list[GradedImage]]:
     """Every patient's photographs on one side, grades balanced as far as the groups allow."""
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+    from lesiondet.io.splits import group_split
 
-    groups = [i.patient for i in items]
-    if len(set(groups)) < 2:
-        raise LesiondetError(None, "all photographs belong to one patient; cannot split by patient",
-                             "pass --val with photographs of other patients")
-    y = [i.grade for i in items]
-    n_splits = max(2, min(round(1 / val_fraction), len(set(groups))))
-    try:
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        tr, va = next(splitter.split(np.zeros(len(items)), y, groups))
-    except ValueError:  # a grade too rare to stratify
-        tr, va = next(GroupShuffleSplit(1, test_size=val_fraction, random_state=seed).split(items, y, groups))
+    tr, va = group_split([i.patient for i in items], [i.grade for i in items], val_fraction, seed, "photographs")
     return [items[i] for i in tr], [items[i] for i in va]
 
 
 def check_disjoint(train: Sequence[GradedImage], val: Sequence[GradedImage], where: str | Path) -> None:
-    both = sorted({i.patient for i in train} & {i.patient for i in val})
-    if both:
-        raise LesiondetError(where, f"patient {both[0]} is in both training and validation data "
-                             f"({len(both)} patient(s) in all)", "split by patient: keep each patient on one side")
+    from lesiondet.io.splits import check_disjoint as disjoint
+
+    disjoint([i.patient for i in train], [i.patient for i in val], where, "photographs")
 
 
 def write_split_csv(path: str | Path, items: Sequence[GradedImage]) -> None:
@@ -185,9 +174,11 @@ def transforms(train: bool) -> A.Compose:
 class GradingDataset(Dataset):
     """Preprocessed photographs (kept in memory after the first read) with grade and maculopathy (-1: unknown)."""
 
-    def __init__(self, items: Sequence[GradedImage], size: int, preprocessed: bool, tf: A.Compose) -> None:
+    def __init__(self, items: Sequence[GradedImage], size: int, preprocessed: bool, tf: A.Compose,
+                 decoded: Mapping[Path, np.ndarray] | None = None) -> None:
         self.items, self.size, self.preprocessed, self.transforms = list(items), size, preprocessed, tf
-        self._cache: dict[int, np.ndarray] = {}
+        # photographs the caller already preprocessed at this size (to check them) are not decoded again
+        self._cache = {i: decoded[it.path] for i, it in enumerate(self.items) if decoded and it.path in decoded}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -314,11 +305,12 @@ class GradingTask:
     """The grading CNN as the engine sees it; fitness is validation QWK with the plain rounding cut points."""
 
     def __init__(self, model: GraderNet, train: Sequence[GradedImage], val: Sequence[GradedImage],
-                 cfg: Mapping[str, Any], meta: dict[str, Any], preprocessed: bool) -> None:
+                 cfg: Mapping[str, Any], meta: dict[str, Any], preprocessed: bool,
+                 decoded: Mapping[Path, np.ndarray] | None = None) -> None:
         self.model, self.cfg, self._meta = model, cfg, meta
         size = int(cfg["size"])
-        self.dataset = GradingDataset(train, size, preprocessed, transforms(True))
-        self.val = DataLoader(GradingDataset(val or train, size, preprocessed, transforms(False)),
+        self.dataset = GradingDataset(train, size, preprocessed, transforms(True), decoded)
+        self.val = DataLoader(GradingDataset(val or train, size, preprocessed, transforms(False), decoded),
                               batch_size=int(cfg["batch"]))
 
     def phases(self) -> list[Phase]:
@@ -381,8 +373,11 @@ def predict_raw(model: GraderNet, images: Sequence[np.ndarray], device: torch.de
 def train_grader(train: Sequence[GradedImage], val: Sequence[GradedImage], cfg: Mapping[str, Any],
                  out_dir: str | Path, device: torch.device, *, preprocessed: bool = False,
                  init: str | Path | None = None, time_limit_min: float | None = None,
-                 log: Callable[[str], None] = print, resume: str | Path | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, resume: str | Path | None = None,
+                 decoded: Mapping[Path, np.ndarray] | None = None) -> dict[str, Any]:
     """Train on the engine, then tune the cut points and the referable threshold on ``val``.
+
+    ``decoded``: photographs the caller already preprocessed at ``cfg["size"]`` (path → array).
 
     ``init`` starts from another grader checkpoint (e.g. one trained on APTOS). Writes
     ``best.pt`` (with the tuned thresholds), ``last.pt``, ``metrics.csv``, ``curves.png``, ``config.yaml``.
@@ -404,7 +399,7 @@ def train_grader(train: Sequence[GradedImage], val: Sequence[GradedImage], cfg: 
     if resume is None:
         write_split_csv(out_dir / "train.csv", train)
         write_split_csv(out_dir / "val.csv", val)
-    task = GradingTask(model, train, val, cfg, meta, preprocessed)
+    task = GradingTask(model, train, val, cfg, meta, preprocessed, decoded)
     loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]), workers=int(cfg["workers"]),
                       amp=bool(cfg["amp"]), seed=int(cfg["seed"]), patience=int(cfg["patience"]),
                       sampler=resample_to(int(cfg["min_steps"]), int(cfg["batch"])), augment=task.dataset.transforms)
@@ -454,9 +449,13 @@ class GraderCNN:
         self.preprocessed = bool(ck["preprocessed"])
         self.cuts = [float(c) for c in ck["cuts"]]
         self.referable_threshold = float(ck["referable_threshold"])
-        from lesiondet.grading.combined import load_combiner
+        from lesiondet.grading.readout import Readout
 
-        self.combiner_model = load_combiner(ck.get("combiner"))
+        try:
+            self.readout = Readout.from_dict(ck["readout"]) if ck.get("readout") else None
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(weights, "the grade readout in this file is damaged",
+                                  "refit it with 'lesiondet grader fit'") from None
         self.device = resolve_device(device)
         self.model = GraderNet("none")
         try:
@@ -468,7 +467,26 @@ class GraderCNN:
 
     @property
     def size(self) -> int:
-        return int(self.cfg["size"])
+        """Side of the prepared photograph: the largest size the readout reads features at, or the network's."""
+        return max(self.readout.sizes) if self.readout else int(self.cfg["size"])
+
+    @property
+    def uses_lesions(self) -> bool:
+        """Whether the grade can also weigh the detector's lesion evidence (``predict_images(lesions=...)``)."""
+        return self.readout is not None and "lesions" in self.readout.blocks
+
+    def embed(self, images: Sequence[np.ndarray], sizes: Sequence[int] | None = None, tta: bool = True
+              ) -> np.ndarray:
+        """Pooled features of prepared photographs, read at each size (default: the readout's) and concatenated.
+
+        Smaller sizes are shrunk from the prepared photograph, so prepare it at the largest."""
+        sizes = sizes or (self.readout.sizes if self.readout else [self.size])
+        bs = int(self.cfg["batch"])
+        parts = []
+        for s in sizes:
+            views = [im if im.shape[0] == s else cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
+            parts.append(predict_raw(self.model, views, self.device, bs, tta)[1])
+        return np.hstack(parts)
 
     def prepare(self, path: str | Path) -> np.ndarray:
         return load_input(path, self.size, self.preprocessed)
@@ -477,8 +495,16 @@ class GraderCNN:
         """An RGB uint8 photograph already in memory, preprocessed as ``prepare`` would."""
         return to_input(img, self.size, self.preprocessed)
 
-    def predict_images(self, images: Sequence[np.ndarray], tta: bool = True) -> list[dict[str, Any]]:
-        """Preprocessed photographs (``prepare``) → grade, probabilities, score, referable, maculopathy."""
+    def predict_images(self, images: Sequence[np.ndarray], tta: bool = True,
+                       lesions: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Preprocessed photographs (``prepare``) → grade, probabilities, score, referable, maculopathy.
+
+        With a readout (``grader fit``) the grade comes from it; ``lesions`` (rows of
+        ``grading.learned.features``) lets a readout fitted with lesions weigh them too (``source``
+        says which: ``cnn`` or ``cnn+lesions``). Without one, from the network's own heads.
+        """
+        if self.readout is not None:
+            return self._predict_readout(images, tta, lesions)
         raw, feats = predict_raw(self.model, images, self.device, int(self.cfg["batch"]), tta)
         d = decode(raw)
         grades = apply_cuts(d["score"], self.cuts)
@@ -490,8 +516,19 @@ class GraderCNN:
                         "p_maculopathy": round(float(d["p_maculopathy"][i]), 4),
                         "p_referable": round(p_ref, 4),
                         "referable": bool(g >= REFERABLE_GRADE or p_ref >= self.referable_threshold),
-                        "embedding": feats[i]})
+                        "source": "cnn", "embedding": feats[i]})
         return out
+
+    def _predict_readout(self, images: Sequence[np.ndarray], tta: bool, lesions: np.ndarray | None
+                         ) -> list[dict[str, Any]]:
+        E = self.embed(images, tta=tta)
+        L = None if lesions is None or not self.uses_lesions else np.asarray(lesions, np.float64).reshape(len(E), -1)
+        d = self.readout.predict(E, L)
+        return [{"grade": int(d["grade"][i]), "score": round(float(d["score"][i]), 4),
+                 "probabilities": [round(float(v), 4) for v in d["probabilities"][i]],
+                 "p_maculopathy": round(float(d["p_maculopathy"][i]), 4),
+                 "p_referable": round(float(d["p_referable"][i]), 4), "referable": bool(d["referable"][i]),
+                 "source": d["variant"], "embedding": E[i]} for i in range(len(E))]
 
     def predict(self, paths: Sequence[str | Path], tta: bool = True,
                 progress: bool = False) -> list[dict[str, Any]]:

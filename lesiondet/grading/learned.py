@@ -38,6 +38,29 @@ def features(g: Grade, merged_as_he: Sequence[str] = ("HE_MA",)) -> np.ndarray:
                      *np.log1p(sorted(quads)), float(g.dme_suspect)], np.float64)
 
 
+def read_lesion_features(folder: str | Path, images: Sequence[str | Path],
+                         merged_as_he: Sequence[str] = ("HE_MA",)) -> np.ndarray:
+    """``features`` of each image's rule grade, read from ``lesiondet detect --grade`` JSONs
+    (``FOLDER/<image stem>.json``), one row per image in order."""
+    import json
+
+    folder = Path(folder)
+    fix = f"run 'lesiondet detect IMAGES --grade --grader none --out {folder}' on every photograph first"
+    if not folder.is_dir():
+        raise LesiondetError(folder, "lesion folder not found", fix)
+    rows = []
+    for img in images:
+        f = folder / f"{Path(img).stem}.json"
+        if not f.is_file():
+            raise LesiondetError(f, f"no detections for {Path(img).name}", fix)
+        try:
+            rows.append(features(Grade.from_dict(json.loads(f.read_text(encoding="utf-8"))["grade"]), merged_as_he))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise LesiondetError(f, "not a 'lesiondet detect --grade' result (no usable 'grade' object)",
+                                 fix) from None
+    return np.stack(rows) if rows else np.zeros((0, len(FEATURES)))
+
+
 class OrdinalGrader:
     """``fit(X, y)`` / ``predict_proba(X)`` / ``predict(X)`` over ordered integer grades."""
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from lesiondet.config import defaults, load_section
 from lesiondet.grading.anatomy import Landmarks, locate_fovea, quadrant_names, quadrant_of
@@ -82,6 +82,15 @@ class Grade:
         d = asdict(self)
         d["fovea"] = [round(v, 1) for v in self.fovea]
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Grade:
+        """The rule grade inside a ``detect --grade`` JSON's ``grade`` object (other keys are ignored)."""
+        keep = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "rule_grade" in d:  # the combined object's top-level grade is the final one, not the rules'
+            keep.update({k: d["rule_grade"][k] for k in ("grade", "grade_name", "reasons")})
+        keep["fovea"] = tuple(keep["fovea"])
+        return cls(**keep)
 
 
 def _n(k: int, word: str) -> str:

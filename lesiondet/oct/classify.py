@@ -102,24 +102,10 @@ def read_oct_data(source: str | Path, classes: Sequence[str] | None = None) -> l
 def patient_split(samples: Sequence[OctSample], val_fraction: float = 0.2, seed: int = 0
                   ) -> tuple[list[OctSample], list[OctSample]]:
     """Split with every patient's scans on one side, classes balanced as far as groups allow."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    from lesiondet.io.splits import group_split
 
-    labels = [s.label for s in samples]
-    groups = [s.patient for s in samples]
-    n_splits = max(2, min(round(1 / val_fraction), len(set(groups))))
-    if len(set(groups)) < 2:
-        raise LesiondetError(None, "all scans belong to one patient; cannot split by patient",
-                             "pass --val with scans of other patients")
-    counts = np.bincount(np.unique(labels, return_inverse=True)[1])
-    if counts.min() >= n_splits:
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), labels, groups))
-    else:  # a class too rare to stratify: plain group split
-        from sklearn.model_selection import GroupShuffleSplit
-
-        splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-        train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), labels, groups))
-    return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+    tr, va = group_split([s.patient for s in samples], [s.label for s in samples], val_fraction, seed, "scans")
+    return [samples[i] for i in tr], [samples[i] for i in va]
 
 
 def read_scan(path: str | Path) -> np.ndarray:

@@ -112,21 +112,16 @@ def read_pair(scan: FluidScan) -> tuple[np.ndarray, np.ndarray]:
 def subject_split(scans: Sequence[FluidScan], val_fraction: float = 0.2, seed: int = 0
                   ) -> tuple[list[FluidScan], list[FluidScan]]:
     """Every subject's B-scans on one side."""
-    from sklearn.model_selection import GroupShuffleSplit
+    from lesiondet.io.splits import group_split
 
-    groups = [s.subject for s in scans]
-    if len(set(groups)) < 2:
-        raise LesiondetError(None, "all scans belong to one subject; cannot split by subject",
-                             "pass --val with scans of other subjects")
-    tr, va = next(GroupShuffleSplit(1, test_size=val_fraction, random_state=seed).split(scans, groups=groups))
+    tr, va = group_split([s.subject for s in scans], None, val_fraction, seed, "scans", "subject")
     return [scans[i] for i in tr], [scans[i] for i in va]
 
 
 def check_disjoint(train: Sequence[FluidScan], val: Sequence[FluidScan], where: str | Path) -> None:
-    both = sorted({s.subject for s in train} & {s.subject for s in val})
-    if both:
-        raise LesiondetError(where, f"subject {both[0]} has scans in both training and validation data",
-                             "split by subject: B-scans of one eye look alike")
+    from lesiondet.io.splits import check_disjoint as disjoint
+
+    disjoint([s.subject for s in train], [s.subject for s in val], where, "B-scans", "subject")
 
 
 def transforms(width: int, height: int, train: bool) -> A.Compose:
@@ -148,9 +143,11 @@ def transforms(width: int, height: int, train: bool) -> A.Compose:
 class FluidDataset(Dataset):
     """Scans and masks, decoded once and kept in memory (a Duke-sized set is tens of MB)."""
 
-    def __init__(self, scans: Sequence[FluidScan], tf: A.Compose) -> None:
+    def __init__(self, scans: Sequence[FluidScan], tf: A.Compose,
+                 decoded: Mapping[FluidScan, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.scans, self.transforms = list(scans), tf
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # pairs the caller already decoded (to check them before training) are not decoded again
+        self._cache = {i: decoded[s] for i, s in enumerate(self.scans) if decoded and s in decoded}
 
     def __len__(self) -> int:
         return len(self.scans)
@@ -207,11 +204,13 @@ class SegmentTask:
     """The fluid U-Net as the engine sees it; fitness is pooled validation Dice at model resolution."""
 
     def __init__(self, model: nn.Module, train: Sequence[FluidScan], val: Sequence[FluidScan],
-                 cfg: Mapping[str, Any], meta: dict[str, Any]) -> None:
+                 cfg: Mapping[str, Any], meta: dict[str, Any],
+                 decoded: Mapping[FluidScan, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.model, self.cfg, self._meta = model, cfg, meta
         w, h = int(cfg["width"]), int(cfg["height"])
-        self.dataset = FluidDataset(train, transforms(w, h, True))
-        self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False)), batch_size=int(cfg["batch"]))
+        self.dataset = FluidDataset(train, transforms(w, h, True), decoded)
+        self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False), decoded),
+                              batch_size=int(cfg["batch"]))
 
     def phases(self) -> list[Phase]:
         return [Phase("all", int(self.cfg["epochs"]), float(self.cfg["lr"]), None, "adamw",
@@ -248,8 +247,11 @@ class SegmentTask:
 
 def train_segmenter(train: Sequence[FluidScan], val: Sequence[FluidScan], cfg: Mapping[str, Any],
                     out_dir: str | Path, device: torch.device, *, time_limit_min: float | None = None,
-                    log: Callable[[str], None] = print, resume: str | Path | None = None) -> dict[str, Any]:
-    """Train the U-Net on the engine; writes ``best.pt``, ``last.pt``, ``metrics.csv``, ``curves.png``."""
+                    log: Callable[[str], None] = print, resume: str | Path | None = None,
+                    decoded: Mapping[FluidScan, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Train the U-Net on the engine; writes ``best.pt``, ``last.pt``, ``metrics.csv``, ``curves.png``.
+
+    ``decoded``: ``read_pair`` results the caller already has, so no file is decoded twice."""
     from lesiondet.engine.rng import seed_everything
     from lesiondet.engine.trainer import LoopConfig, Trainer
 
@@ -257,7 +259,7 @@ def train_segmenter(train: Sequence[FluidScan], val: Sequence[FluidScan], cfg: M
     seed_everything(int(cfg["seed"]))
     model = build_unet(cfg["pretrained"] if resume is None else "none").to(device)
     meta = {"format": SEG_FORMAT, "config": cfg, "threshold": 0.5}
-    task = SegmentTask(model, train, val, cfg, meta)
+    task = SegmentTask(model, train, val, cfg, meta, decoded)
     loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]), workers=int(cfg["workers"]),
                       amp=bool(cfg["amp"]), seed=int(cfg["seed"]), patience=int(cfg["patience"]),
                       sampler=resample_to(int(cfg["min_steps"]), int(cfg["batch"])),

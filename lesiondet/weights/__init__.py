@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
     "detector.pt": "4c6b8c1a2ed49f5f7275c309480fd7010e62035b186bd917e5882c5282a10b56",
-    "grader.pt": "3d3d89c92f24fc8a2354e85d9d0e52efc585e82a41f24e23388ac48644220b62",
+    "grader.pt": "6c699456bf23c3c541b48329608e12e86a95542d40c8c48315827868e524d1e5",
 }
 
 DETECTOR = "detector.pt"
@@ -59,11 +59,10 @@ def ship_checkpoint(src: str | Path, dst: str | Path, extra: Mapping[str, Any] |
     """Copy a run's ``best.pt`` for shipping: weights in fp16, training state dropped; returns size and digest."""
     import torch
 
-    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+    from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(src)
-    training_state = ("optimizer", "scheduler", "scaler", "rng", "augment", "loader_generator")
-    keep = {k: v for k, v in ck.items() if k not in training_state}
+    keep = {k: v for k, v in ck.items() if k not in TRAINING_STATE}
     keep["model"] = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v
                      for k, v in ck["model"].items()}
     keep.update(extra or {})

@@ -1,4 +1,4 @@
-"""``lesiondet grader train|eval|predict`` and ``detect --grade`` with an image model, on shared graded photographs."""
+"""``lesiondet grader train|fit|eval|predict`` and ``detect --grade`` with an image model, on graded photographs."""
 from __future__ import annotations
 
 import csv
@@ -96,7 +96,7 @@ def graded_csv(tmp_path: Path, case: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("case", list(IMAGE_CASES))
-def test_train_and_eval_refuse_a_bad_photograph_before_writing_anything(case, tmp_path, capsys, grader_run):
+def test_train_fit_and_eval_refuse_a_bad_photograph_before_writing_anything(case, tmp_path, capsys, grader_run):
     data, bad = graded_csv(tmp_path, case)
     out = tmp_path / "runs" / "g"
     rc = main(["grader", "train", "--data", str(data), "--out", str(out)])
@@ -107,6 +107,10 @@ def test_train_and_eval_refuse_a_bad_photograph_before_writing_anything(case, tm
                "--out", str(tmp_path / "ev")])
     expect_one_line_error(capsys, rc, bad)
     assert not j.exists() and not (tmp_path / "ev").exists()
+    rc = main(["grader", "fit", "--data", str(data), "--weights", str(grader_run / "best.pt"),
+               "--out", str(tmp_path / "fit")])
+    expect_one_line_error(capsys, rc, bad)
+    assert not (tmp_path / "fit").exists()
 
 
 def test_predict_on_a_folder_skips_a_bad_photograph_and_names_it(tmp_path, capsys, grader_run):
@@ -131,3 +135,68 @@ def test_an_empty_folder_and_a_wrong_model_file_are_one_line(tmp_path, capsys, t
     write_kind(d / "good.jpg", "good")
     rc = main(["grader", "predict", str(d), "--weights", str(trained_run / "best.pt")])
     expect_one_line_error(capsys, rc, "not a lesiondet grading-CNN checkpoint")
+
+
+# ----------------------------------------------------------------------------- grader fit (the grade readout)
+FIT_FAST = "grader:\n  batch: 8\n  readout_sizes: [64, 96]\n  readout_folds: 3\n"
+
+
+def lesion_results(srahim_subset: Path, folder: Path) -> Path:
+    """``detect --grade``-shaped JSONs for the subset, with more haemorrhages in worse eyes (no detector run)."""
+    from tests.grading.test_learned import write_result
+
+    folder.mkdir(exist_ok=True)
+    for r in csv.DictReader(open(srahim_subset)):
+        write_result(folder, Path(r["image"]).stem, 2 * int(r["dr_grade"]))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fitted(grader_run, srahim_subset, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("fit")
+    (tmp / "fit.yaml").write_text(FIT_FAST)
+    out = tmp / "fit"
+    assert main(["grader", "fit", "--data", str(srahim_subset), "--weights", str(grader_run / "best.pt"),
+                 "--lesions", str(lesion_results(srahim_subset, tmp / "lesions")), "--config", str(tmp / "fit.yaml"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_fit_writes_a_grader_with_its_readout_and_out_of_fold_figures(fitted, srahim_subset):
+    from lesiondet.engine.checkpoint import load_checkpoint
+
+    for name in ("grader.pt", "fit.json", "grade_confusion.png"):
+        assert (fitted / name).is_file(), name
+    report = json.loads((fitted / "fit.json").read_text())
+    assert set(report["out_of_fold"]) == {"cnn", "cnn+lesions"}
+    assert report["n"] == len(list(csv.DictReader(open(srahim_subset)))) and report["sizes"] == [64, 96]
+    for m in report["out_of_fold"].values():
+        assert EVAL_KEYS <= set(m) and -1 <= m["qwk"] <= 1
+    ck = load_checkpoint(fitted / "grader.pt")
+    assert ck["readout"]["sizes"] == [64, 96] and "optimizer" not in ck
+
+
+def test_a_fitted_grader_predicts_and_detect_grade_weighs_the_lesions(fitted, trained_run, srahim_subset, tmp_path):
+    first = next(csv.DictReader(open(srahim_subset)))["image"]
+    j = tmp_path / "p.json"
+    assert main(["grader", "predict", first, "--weights", str(fitted / "grader.pt"), "--json", str(j)]) == 0
+    p = json.loads(j.read_text())
+    assert p["source"] == "cnn" and p["grade"] in range(5) and len(p["probabilities"]) == 5
+    out = tmp_path / "det"
+    assert main(["detect", first, "--weights", str(trained_run / "best.pt"), "--grade", "--grader",
+                 str(fitted / "grader.pt"), "--out", str(out)]) == 0
+    g = json.loads((out / f"{Path(first).stem}.json").read_text())["grade"]
+    assert g["grade_source"] == "cnn+lesions" and g["grade"] in range(5)
+    assert g["referable"] or g["grade"] < 2  # grade 2 or worse is always referred
+
+
+def test_fit_without_a_photograph_s_detections_is_one_line_and_writes_nothing(grader_run, srahim_subset, tmp_path,
+                                                                              capsys):
+    lesions = lesion_results(srahim_subset, tmp_path / "lesions")
+    missing = sorted(lesions.glob("*.json"))[3]
+    missing.unlink()
+    out = tmp_path / "fit"
+    rc = main(["grader", "fit", "--data", str(srahim_subset), "--weights", str(grader_run / "best.pt"),
+               "--lesions", str(lesions), "--out", str(out)])
+    expect_one_line_error(capsys, rc, missing.name, "lesiondet detect")
+    assert not out.exists()

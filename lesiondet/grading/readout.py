@@ -1,0 +1,223 @@
+"""The grade readout: linear models on a grading CNN's multi-scale features, with the lesion evidence beside them.
+
+Why not fine-tune the CNN on the graded photographs instead? With a few hundred
+photographs and a CPU, fine-tuning at 224 px loses the small lesions that
+separate grades 1 and 2, and the network forgets what it learnt from thousands
+of APTOS photographs. A network pre-trained on those already orders the grades;
+its pooled features read at several input sizes (224 px sees the whole eye,
+512 px keeps microaneurysm-sized detail) carry the rest. On them:
+
+* a ridge regression gives a continuous grade score, cut into grades 0-4;
+* logistic regressions give P(referable) and P(maculopathy);
+* a multinomial one gives the grade probabilities that are reported.
+
+The lesion evidence (``grading.learned.features`` of the detector's boxes) is a
+second block of the same four models. The variant ``cnn+lesions`` averages the
+two blocks' scores and logits (late fusion: neither block's many features drown
+the other's few). The cut points and the referable threshold of each variant are
+tuned on out-of-fold predictions, grouped by patient, so every photograph
+trains the models and none is set aside for tuning.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_GRADES = 5
+#: which blocks each variant averages; ``cnn+lesions`` needs the detector's lesion features at prediction time
+VARIANTS: dict[str, tuple[str, ...]] = {"cnn": ("cnn",), "cnn+lesions": ("cnn", "lesions")}
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(z, -40, 40)))
+
+
+@dataclass
+class Block:
+    """Standardisation, then the four linear models of one feature block (weights as plain arrays)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    grade_w: np.ndarray  # ridge: standardised features → grade score
+    grade_b: float
+    ref_w: np.ndarray  # logistic: → referable logit
+    ref_b: float
+    mac_w: np.ndarray  # logistic: → maculopathy logit
+    mac_b: float
+    prob_w: np.ndarray  # multinomial: [n_grades, d]; grades never seen get -inf bias
+    prob_b: np.ndarray
+
+    def outputs(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        Z = (np.asarray(X, np.float64) - self.mean) / self.scale
+        logits = Z @ self.prob_w.T + self.prob_b
+        logits = logits - logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        return {"score": Z @ self.grade_w + self.grade_b, "ref": Z @ self.ref_w + self.ref_b,
+                "mac": Z @ self.mac_w + self.mac_b, "probs": p / p.sum(1, keepdims=True)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (np.asarray(v, np.float32) if isinstance(v, np.ndarray) else float(v))
+                for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Block:
+        arr = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64) for k, v in d.items()}
+        return cls(**{k: (float(v) if v.ndim == 0 else v) for k, v in arr.items()})
+
+
+def _logistic(Z: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
+    """Weights and bias of a logistic regression; a one-class target gives the prior (no slope)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y, int)
+    if len(np.unique(y)) < 2:
+        prior = (y.mean() * len(y) + 0.5) / (len(y) + 1)
+        return np.zeros(Z.shape[1]), float(np.log(prior / (1 - prior)))
+    m = LogisticRegression(C=C, max_iter=5000).fit(Z, y)
+    return m.coef_[0].astype(np.float64), float(m.intercept_[0])
+
+
+def fit_block(X: np.ndarray, grade: np.ndarray, referable: np.ndarray, maculopathy: np.ndarray,
+              ridge: float, C: float) -> Block:
+    """The four models on one block of features (``maculopathy`` -1: unknown, left out of that model)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    X = np.asarray(X, np.float64)
+    mean, scale = X.mean(0), X.std(0)
+    scale[scale < 1e-8] = 1.0  # a constant feature stays constant instead of dividing by zero
+    Z = (X - mean) / scale
+    r = Ridge(alpha=ridge).fit(Z, grade)
+    ref_w, ref_b = _logistic(Z, referable, C)
+    known = maculopathy >= 0
+    mac_w, mac_b = _logistic(Z[known], maculopathy[known], C) if known.any() else (np.zeros(Z.shape[1]), 0.0)
+    prob_w, prob_b = np.zeros((N_GRADES, Z.shape[1])), np.full(N_GRADES, -1e9)
+    seen = np.unique(grade)
+    if len(seen) > 1:
+        m = LogisticRegression(C=C, max_iter=5000).fit(Z, grade)
+        prob_w[m.classes_], prob_b[m.classes_] = m.coef_, m.intercept_
+    else:
+        prob_b[seen] = 0.0
+    return Block(mean, scale, r.coef_.astype(np.float64), float(r.intercept_), ref_w, ref_b, mac_w, mac_b,
+                 prob_w, prob_b)
+
+
+def fuse(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Late fusion: the mean of the blocks' scores, logits and probabilities."""
+    return {k: np.mean([o[k] for o in outputs], axis=0) for k in ("score", "ref", "mac", "probs")}
+
+
+@dataclass
+class Readout:
+    """What ``grader fit`` adds to a grading CNN's checkpoint."""
+
+    sizes: list[int]  # input sides the CNN's features are read at, concatenated in this order
+    blocks: dict[str, Block]
+    cuts: dict[str, list[float]]  # variant → the four cut points on its score
+    thresholds: dict[str, float]  # variant → referable threshold on its P(referable)
+    sensitivity: float  # the referable sensitivity the thresholds were tuned for (out of fold)
+
+    def variant(self, lesions: bool) -> str:
+        return "cnn+lesions" if lesions and "lesions" in self.blocks else "cnn"
+
+    def predict(self, E: np.ndarray, L: np.ndarray | None = None) -> dict[str, Any]:
+        """Grades and probabilities from multi-scale CNN features ``E`` (and lesion features ``L``)."""
+        from lesiondet.grading.cnn import apply_cuts
+
+        name = self.variant(L is not None)
+        feats = {"cnn": E, "lesions": L}
+        d = fuse([self.blocks[b].outputs(feats[b]) for b in VARIANTS[name]])
+        p_ref, p_mac = _sigmoid(d["ref"]), _sigmoid(d["mac"])
+        grade = apply_cuts(d["score"], self.cuts[name])
+        return {"variant": name, "grade": grade, "score": d["score"], "probabilities": d["probs"],
+                "p_referable": p_ref, "p_maculopathy": p_mac,
+                "referable": (grade >= 2) | (p_ref >= self.thresholds[name])}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": list(self.sizes), "blocks": {k: b.to_dict() for k, b in self.blocks.items()},
+                "cuts": self.cuts, "thresholds": self.thresholds, "sensitivity": self.sensitivity}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Readout:
+        return cls([int(s) for s in d["sizes"]], {k: Block.from_dict(b) for k, b in d["blocks"].items()},
+                   {k: [float(c) for c in v] for k, v in d["cuts"].items()},
+                   {k: float(v) for k, v in d["thresholds"].items()}, float(d["sensitivity"]))
+
+
+def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[int], preprocessed: bool = False,
+                      chunk: int = 32, progress: bool = False) -> np.ndarray:
+    """Multi-scale features (``GraderCNN.embed``) of photographs on disk, a chunk at a time (memory stays flat).
+
+    ``preprocessed`` describes these photographs, not the network: one pre-trained on the
+    source-processed APTOS copy still needs Ben Graham's preprocessing of raw photographs."""
+    from lesiondet.grading.cnn import to_input
+    from lesiondet.images import read_rgb
+    from lesiondet.progress import progress as bar
+
+    top = max(sizes)
+    parts = []
+    starts = range(0, len(paths), chunk)
+    for s in bar(list(starts), desc="features", enabled=progress and len(paths) > chunk):
+        imgs = [to_input(read_rgb(p), top, preprocessed) for p in paths[s:s + chunk]]
+        parts.append(grader.embed(imgs, sizes))
+    return np.vstack(parts) if parts else np.zeros((0, 0))
+
+
+def _fit_blocks(feats: Mapping[str, np.ndarray], idx: np.ndarray, y: np.ndarray, ref: np.ndarray, mac: np.ndarray,
+                params: Mapping[str, tuple[float, float]]) -> dict[str, Block]:
+    return {b: fit_block(X[idx], y[idx], ref[idx], mac[idx], *params[b]) for b, X in feats.items()}
+
+
+def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], referable: Sequence[bool],
+                maculopathy: Sequence[int | None], patients: Sequence[str], sizes: Sequence[int],
+                cfg: Mapping[str, Any]) -> tuple[Readout, dict[str, dict[str, np.ndarray]]]:
+    """Fit every block on all photographs; tune each variant's cut points and referable threshold on
+    patient-grouped out-of-fold predictions. Returns the readout and those out-of-fold predictions
+    (an honest estimate of how it grades new patients)."""
+    from lesiondet.grading.cnn import apply_cuts, tune_cuts, tune_referable
+    from lesiondet.io.splits import group_folds
+
+    y = np.asarray(grades, int)
+    ref = np.asarray(referable, bool).astype(int)
+    mac = np.array([-1 if m is None else int(m) for m in maculopathy])
+    feats = {"cnn": np.asarray(E, np.float64)}
+    if L is not None:
+        feats["lesions"] = np.asarray(L, np.float64)
+    params = {"cnn": (float(cfg["readout_ridge"]), float(cfg["readout_C"])),
+              "lesions": (float(cfg["lesion_ridge"]), float(cfg["lesion_C"]))}
+    names = [v for v, bs in VARIANTS.items() if all(b in feats for b in bs)]
+    oof = {v: {"score": np.zeros(len(y)), "ref": np.zeros(len(y)), "mac": np.zeros(len(y)),
+               "probs": np.zeros((len(y), N_GRADES))} for v in names}
+    for tr, te in group_folds(list(patients), y, int(cfg["readout_folds"]), int(cfg["seed"]), "photographs"):
+        blocks = _fit_blocks(feats, tr, y, ref, mac, params)
+        for v in names:
+            d = fuse([blocks[b].outputs(feats[b][te]) for b in VARIANTS[v]])
+            for k in oof[v]:
+                oof[v][k][te] = d[k]
+    sens = float(cfg["referable_sensitivity"])
+    cuts, thresholds = {}, {}
+    for v in names:
+        o = oof[v]
+        cuts[v] = tune_cuts(o["score"], y)
+        o["grade"] = apply_cuts(o["score"], cuts[v])
+        o["p_referable"], o["p_maculopathy"] = _sigmoid(o["ref"]), _sigmoid(o["mac"])
+        thresholds[v] = _referable_threshold(o["p_referable"], o["grade"], ref.astype(bool), sens, tune_referable)
+        o["referable"] = (o["grade"] >= 2) | (o["p_referable"] >= thresholds[v])
+    blocks = _fit_blocks(feats, np.arange(len(y)), y, ref, mac, params)
+    return Readout([int(s) for s in sizes], blocks, cuts, thresholds, sens), oof
+
+
+def _referable_threshold(p: np.ndarray, grade: np.ndarray, truth: np.ndarray, sensitivity: float, tune) -> float:
+    """The highest threshold at which "grade >= 2 or P(referable) >= threshold" reaches ``sensitivity``.
+
+    The grade already refers the eyes it calls 2 or worse, so the threshold only has to find the
+    referable eyes the cut points missed.
+    """
+    missed = truth & (grade < 2)
+    need = sensitivity * truth.sum() - (truth & (grade >= 2)).sum()
+    if need <= 0 or not missed.any():
+        return 1.0 + 1e-9 if need <= 0 else 0.0
+    return tune(p[missed], np.ones(missed.sum(), bool), min(1.0, need / missed.sum()))

@@ -1,0 +1,98 @@
+"""The grade readout: linear models on CNN features (and lesion features), tuned out of fold, by patient."""
+import numpy as np
+
+from lesiondet.grading.learned import quadratic_weighted_kappa as qwk
+from lesiondet.grading.readout import Readout, fit_readout
+
+CFG = {"readout_ridge": 10.0, "readout_C": 0.1, "lesion_ridge": 1.0, "lesion_C": 1.0, "readout_folds": 5,
+       "seed": 0, "referable_sensitivity": 0.9}
+
+
+def graded_set(n_patients=80, signal=1.0, seed=0):
+    """Two eyes per patient; image features and lesion features both carry the grade (with noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(rng.integers(0, 5, n_patients), 2)
+    mac = (rng.random(len(y)) < 0.1 + 0.15 * y).astype(int)
+    E = rng.normal(size=(len(y), 40))
+    E[:, :3] += signal * y[:, None] + 0.5 * signal * mac[:, None]
+    L = rng.normal(size=(len(y), 6))
+    L[:, 0] += signal * y
+    patients = [f"P{i // 2}" for i in range(len(y))]
+    referable = (y >= 2) | (mac == 1)
+    return E, L, y, referable, mac, patients
+
+
+def fit(E, L, y, referable, mac, patients, cfg=CFG):
+    return fit_readout(E, L, y, referable, list(mac), patients, [224, 384], cfg)
+
+
+def test_informative_features_grade_well_out_of_fold_and_noise_does_not():
+    E, L, y, ref, mac, pat = graded_set()
+    readout, oof = fit(E, L, y, ref, mac, pat)
+    assert set(oof) == {"cnn", "cnn+lesions"}
+    assert qwk(y, oof["cnn"]["grade"]) > 0.7 and qwk(y, oof["cnn+lesions"]["grade"]) > 0.7
+    _, noise = fit(*graded_set(signal=0.0)[:1], None, y, ref, mac, pat)
+    assert set(noise) == {"cnn"} and qwk(y, noise["cnn"]["grade"]) < 0.3
+
+
+def test_cut_points_are_ordered_and_the_referable_threshold_reaches_its_sensitivity_out_of_fold():
+    E, L, y, ref, mac, pat = graded_set(signal=0.6)
+    readout, oof = fit(E, L, y, ref, mac, pat)
+    for v, o in oof.items():
+        assert readout.cuts[v] == sorted(readout.cuts[v]) and len(readout.cuts[v]) == 4
+        assert o["referable"][ref].mean() >= CFG["referable_sensitivity"] - 1e-9
+        assert np.all(o["referable"][o["grade"] >= 2])  # grade 2 or worse is always referred
+
+
+def test_lesion_features_are_used_only_when_given_and_the_variant_says_so():
+    E, L, y, ref, mac, pat = graded_set()
+    readout, _ = fit(E, L, y, ref, mac, pat)
+    assert readout.predict(E[:4])["variant"] == "cnn"
+    both = readout.predict(E[:4], L[:4])
+    assert both["variant"] == "cnn+lesions" and both["probabilities"].shape == (4, 5)
+    assert np.allclose(both["probabilities"].sum(1), 1)
+    assert not np.allclose(readout.predict(E[:4], L[:4] + 5)["score"], both["score"])
+
+
+def test_the_readout_survives_a_weights_only_checkpoint(tmp_path):
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    E, L, y, ref, mac, pat = graded_set()
+    readout, _ = fit(E, L, y, ref, mac, pat)
+    save_checkpoint(tmp_path / "g.pt", {"readout": readout.to_dict()})
+    again = Readout.from_dict(load_checkpoint(tmp_path / "g.pt")["readout"])
+    a, b = readout.predict(E, L), again.predict(E, L)
+    assert np.array_equal(a["grade"], b["grade"]) and np.allclose(a["p_referable"], b["p_referable"], atol=1e-5)
+
+
+def test_unknown_or_one_class_maculopathy_and_a_missing_grade_do_not_break_the_fit():
+    E, L, y, ref, mac, pat = graded_set()
+    mac = [None] * len(y)
+    y = np.where(y == 4, 3, y)  # no grade 4 at all
+    readout, oof = fit(E, L, y, ref, mac, pat)
+    p = readout.predict(E, L)
+    assert np.allclose(p["probabilities"][:, 4], 0) and np.all(np.isfinite(p["p_maculopathy"]))
+
+
+def test_raw_photographs_get_ben_graham_even_for_a_network_pre_trained_on_processed_ones(tmp_path):
+    import cv2
+
+    from lesiondet.grading.fundus import ben_graham
+    from lesiondet.grading.readout import embed_photographs
+
+    img = np.zeros((300, 400, 3), np.uint8)
+    cv2.circle(img, (200, 150), 140, (150, 70, 30), -1)
+    cv2.circle(img, (150, 120), 6, (90, 20, 10), -1)
+    path = tmp_path / "eye.png"
+    cv2.imwrite(str(path), img[:, :, ::-1])
+
+    class Network:  # stands in for GraderCNN: hands back what it was given
+        preprocessed = True  # trained on the source-processed APTOS copy
+
+        def embed(self, images, sizes):
+            return np.stack([im.astype(float).ravel() for im in images])
+
+    seen = embed_photographs(Network(), [path], [64])
+    assert np.array_equal(seen[0], ben_graham(img, 64).astype(float).ravel())
+    as_is = embed_photographs(Network(), [path], [64], preprocessed=True)
+    assert not np.array_equal(as_is, seen)
