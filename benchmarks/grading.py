@@ -62,15 +62,6 @@ def detections(detector: str, images: list[Path]) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text())["grade"] for p in out.glob("*.json")}
 
 
-def rule_grade(doc: dict):
-    from lesiondet.grading.rules import Grade
-
-    fields = Grade.__dataclass_fields__
-    d = {k: v for k, v in doc.items() if k in fields}
-    d["fovea"] = tuple(d["fovea"])
-    return Grade(**d)
-
-
 def score_row(name: str, items, pred, called, ref_score, mac_score=None, mac_threshold=0.5) -> dict[str, Any]:
     from lesiondet.grading.metrics import grading_metrics
 
@@ -99,13 +90,6 @@ def aptos_row(minutes: float) -> tuple[dict, Path]:
     m = api.grader_evaluate(write_csv(RUN / "aptos_test.csv", te), weights, out=run / "eval", device="cpu")
     m["name"] = "CNN, APTOS only (its own 20% split)"
     return m, weights
-
-
-def folds(items, k: int = 5, seed: int = 0):
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    sgk = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(sgk.split(np.zeros(len(items)), [i.grade for i in items], [i.patient for i in items]))
 
 
 def cnn_outputs(weights: Path, items) -> list[dict]:
@@ -151,15 +135,17 @@ def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes
     from lesiondet.grading.cnn import read_grading_csv
     from lesiondet.grading.learned import OrdinalGrader, features
     from lesiondet.grading.readout import fit_readout
+    from lesiondet.grading.rules import Grade
+    from lesiondet.io.splits import group_folds
 
     items = read_grading_csv(SRAHIM)
-    rules = [rule_grade(dets[i.path.stem]) for i in items]
+    rules = [Grade.from_dict(dets[i.path.stem]) for i in items]
     X = np.stack([features(g) for g in rules])
     sizes = [int(s) for s in cfg["readout_sizes"]]
     E = embeddings(cnn, items, sizes)
     names = ["rules", "ordinal", "cnn", "cnn+lesions"] + (["finetuned"] if finetune_minutes else [])
     oof: dict[str, list] = {n: [None] * len(items) for n in names}
-    for f, (tr, te) in enumerate(folds(items, k)):
+    for f, (tr, te) in enumerate(group_folds([i.patient for i in items], [i.grade for i in items], k, 0)):
         # rules need no fitting; the ordinal grader fits on the training folds' boxes
         ordinal = OrdinalGrader().fit(X[tr], [items[i].grade for i in tr])
         p_ord = np.zeros((len(te), 5))

@@ -573,7 +573,7 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     from lesiondet.config import load_section
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
     from lesiondet.fileio import write_json
-    from lesiondet.grading.cnn import CNN_FORMAT, GraderCNN, read_grading_csv
+    from lesiondet.grading.cnn import GraderCNN, read_grading_csv
     from lesiondet.grading.learned import plot_confusion, read_lesion_features
     from lesiondet.grading.metrics import grading_metrics
     from lesiondet.grading.readout import embed_photographs, fit_readout
@@ -605,8 +605,7 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     report["confusion_png"] = str(plot_confusion(
         run_dir / "grade_confusion.png", y, oof[best]["grade"],
         f"grade readout ({best}), out of fold: QWK {m['qwk']:.3f} (n={m['n']})"))
-    ck = {k: v for k, v in load_checkpoint(weights).items() if k not in TRAINING_STATE}
-    assert ck.get("format") == CNN_FORMAT  # GraderCNN above refused anything else
+    ck = {k: v for k, v in load_checkpoint(weights).items() if k not in TRAINING_STATE}  # GraderCNN checked it
     ck["readout"] = readout.to_dict()
     ck["preprocessed"] = preprocessed  # what the readout was fitted on is what it must be given
     ck["readout_config"] = {k: cfg[k] for k in cfg if k.startswith(("readout_", "lesion_"))}

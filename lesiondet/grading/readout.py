@@ -153,15 +153,14 @@ def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[
 
     ``preprocessed`` describes these photographs, not the network: one pre-trained on the
     source-processed APTOS copy still needs Ben Graham's preprocessing of raw photographs."""
-    from lesiondet.grading.cnn import to_input
-    from lesiondet.images import read_rgb
+    from lesiondet.grading.cnn import load_input
     from lesiondet.progress import progress as bar
 
     top = max(sizes)
     parts = []
     starts = range(0, len(paths), chunk)
     for s in bar(list(starts), desc="features", enabled=progress and len(paths) > chunk):
-        imgs = [to_input(read_rgb(p), top, preprocessed) for p in paths[s:s + chunk]]
+        imgs = [load_input(p, top, preprocessed) for p in paths[s:s + chunk]]
         parts.append(grader.embed(imgs, sizes))
     return np.vstack(parts) if parts else np.zeros((0, 0))
 
@@ -177,7 +176,7 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
     """Fit every block on all photographs; tune each variant's cut points and referable threshold on
     patient-grouped out-of-fold predictions. Returns the readout and those out-of-fold predictions
     (an honest estimate of how it grades new patients)."""
-    from lesiondet.grading.cnn import apply_cuts, tune_cuts, tune_referable
+    from lesiondet.grading.cnn import apply_cuts, tune_cuts
     from lesiondet.io.splits import group_folds
 
     y = np.asarray(grades, int)
@@ -204,20 +203,22 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
         cuts[v] = tune_cuts(o["score"], y)
         o["grade"] = apply_cuts(o["score"], cuts[v])
         o["p_referable"], o["p_maculopathy"] = _sigmoid(o["ref"]), _sigmoid(o["mac"])
-        thresholds[v] = _referable_threshold(o["p_referable"], o["grade"], ref.astype(bool), sens, tune_referable)
+        thresholds[v] = _referable_threshold(o["p_referable"], o["grade"], ref.astype(bool), sens)
         o["referable"] = (o["grade"] >= 2) | (o["p_referable"] >= thresholds[v])
     blocks = _fit_blocks(feats, np.arange(len(y)), y, ref, mac, params)
     return Readout([int(s) for s in sizes], blocks, cuts, thresholds, sens), oof
 
 
-def _referable_threshold(p: np.ndarray, grade: np.ndarray, truth: np.ndarray, sensitivity: float, tune) -> float:
+def _referable_threshold(p: np.ndarray, grade: np.ndarray, truth: np.ndarray, sensitivity: float) -> float:
     """The highest threshold at which "grade >= 2 or P(referable) >= threshold" reaches ``sensitivity``.
 
     The grade already refers the eyes it calls 2 or worse, so the threshold only has to find the
     referable eyes the cut points missed.
     """
+    from lesiondet.grading.cnn import tune_referable
+
     missed = truth & (grade < 2)
     need = sensitivity * truth.sum() - (truth & (grade >= 2)).sum()
     if need <= 0 or not missed.any():
         return 1.0 + 1e-9 if need <= 0 else 0.0
-    return tune(p[missed], np.ones(missed.sum(), bool), min(1.0, need / missed.sum()))
+    return tune_referable(p[missed], np.ones(missed.sum(), bool), min(1.0, need / missed.sum()))
