@@ -7,7 +7,7 @@ One run, one model, one thread count, the same image files for every row:
 
 1. **raw**: ``model([tensor])`` on tensors decoded beforehand, at the image's native size
    (the transform's min/max size set to the image), one image per call.
-2. **pipeline**: ``lesiondet.detection.detect.detect_files`` on the same files with slicing off (the same
+2. **pipeline**: ``lesiondet.pipeline.screening.detect_files`` on the same files with slicing off (the same
    model call): decode, preprocessing, detections, annotated PNG, JSON and XML written.
    Target: pipeline <= 1.05 x raw + decode, where decode is the time to decode the files
    one after another. Also run with decoding in line (``read_ahead=0``) to show the overlap,
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 from lesiondet.detection.data import fit_to, to_tensor
-from lesiondet.detection.detect import detect_files
+from lesiondet.pipeline.screening import detect_files
 from lesiondet.detection.predict import Predictor, sliced_predict, tile_windows
 from lesiondet.export.onnx import OnnxDetector, export
 from lesiondet.images import read_rgb

@@ -2,7 +2,7 @@
 
     python benchmarks/default_detector.py --minutes 60            # split, train, evaluate
     python benchmarks/default_detector.py --eval-only              # score an existing run
-    python benchmarks/default_detector.py --ship                   # fp16 copy into lesiondet/weights/
+    python benchmarks/default_detector.py --ship [--ship-from X]   # fp16 copy into lesiondet/weights/
 
 The three shared lesion sets (CODRAS, HEI-MED, IDRiD) are split 80/20 with seed 0, as
 ``benchmarks/real_data.py`` does (copies of training photographs are left out of val). One
@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--ship", action="store_true", help="write the fp16 package copy of the run's best.pt")
+    ap.add_argument("--ship-from", type=Path, help="ship this checkpoint instead (e.g. the copy with the operating "
+                                                  "point that benchmarks/operating_point.py --store writes)")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     yamls = split_yamls()
@@ -64,14 +66,14 @@ def main() -> int:
         sys.path.insert(0, str(ROOT))
         from lesiondet.weights import ship_checkpoint
 
-        print(ship_checkpoint(weights, ROOT / "lesiondet" / "weights" / "detector.pt"))
+        print(ship_checkpoint(a.ship_from or weights, ROOT / "lesiondet" / "weights" / "detector.pt"))
         return 0
     if not a.eval_only:
         args = ["train"]
         for tr, _ in yamls.values():
             args += ["--voc", str(tr)]
         codras_val = ROOT / "benchmarks" / "runs" / "codras" / "split" / "val"
-        lesiondet(*args, "--val", str(codras_val), "--config", "configs/models/cpu-fast.yaml",
+        lesiondet(*args, "--val", str(codras_val), "--config", "configs/models/cpu-mixture.yaml",
                   "--epochs", "1000", "--time-limit", str(a.minutes), "--out", str(RUN / "train"),
                   "--device", a.device)
     results = {}

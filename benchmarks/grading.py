@@ -2,6 +2,7 @@
 
     python benchmarks/grading.py --aptos-minutes 30 --ship     # every row below, then the shipped grader
     python benchmarks/grading.py --check other_patients.csv    # shipped detect --grade on other patients
+    python benchmarks/grading.py --cnn lesiondet/weights/grader.pt --lesions DIR --ship   # refit on new lesions
 
 Rows, all scored on the same out-of-fold photographs (``../shared/data/grading/srahim``, 450
 photographs of 225 patients; folds keep a patient's two eyes together):
@@ -39,6 +40,7 @@ SRAHIM = ROOT.parent / "shared" / "data" / "grading" / "srahim" / "labels.csv"
 APTOS = ROOT.parent / "shared" / "data" / "grading" / "aptos224" / "labels.csv"
 RUN = ROOT / "benchmarks" / "runs" / "grading"
 CONFIG: Path | None = None  # --config: a grader config for smoke runs
+LESIONS: Path | None = None  # --lesions: rule-grade JSONs written elsewhere, instead of running detect here
 
 
 def write_csv(path: Path, items) -> Path:
@@ -50,6 +52,8 @@ def write_csv(path: Path, items) -> Path:
 
 def detections(detector: str, images: list[Path]) -> dict[str, dict]:
     """Rule-grade objects of every photograph (``detect --grade --grader none``), cached by file stem."""
+    if LESIONS is not None:  # --lesions: evidence written elsewhere (benchmarks/operating_point.py)
+        return {Path(p).stem: json.loads((LESIONS / f"{Path(p).stem}.json").read_text())["grade"] for p in images}
     out = RUN / "detect"
     todo = [p for p in images if not (out / f"{Path(p).stem}.json").is_file()]  # a killed run resumes
     if todo:
@@ -113,19 +117,14 @@ def cnn_copy(weights: Path) -> Path:
 
 
 def embeddings(cnn: Path, items, sizes: list[int]) -> np.ndarray:
-    """Multi-scale features of every graded photograph, cached beside the network's digest."""
+    """Multi-scale features of every graded photograph, cached (``features.npz``) for the network's digest;
+    ``--ship``'s ``grader fit`` reads the same cache."""
     from lesiondet.grading.cnn import GraderCNN
-    from lesiondet.grading.readout import embed_photographs
-    from lesiondet.weights import sha256
+    from lesiondet.grading.readout import cached_features, embed_photographs
 
-    key = f"{sha256(cnn)[:16]}_{'-'.join(map(str, sizes))}_bg"  # _bg: Ben Graham-processed here
-    cache = RUN / f"embed_{key}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    print(f"features of {len(items)} photographs at {sizes} px from {cnn}", flush=True)
-    E = embed_photographs(GraderCNN(cnn, "cpu"), [i.path for i in items], sizes, progress=True)
-    np.save(cache, E)
-    return E
+    paths = [i.path for i in items]
+    return cached_features(RUN / "features.npz", cnn, paths, sizes, False,
+                           lambda: embed_photographs(GraderCNN(cnn, "cpu"), paths, sizes, progress=True))
 
 
 def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes: float, k: int = 5
@@ -182,9 +181,11 @@ def ship_grader(cnn: Path, config: Path | None) -> dict[str, Any]:
     from lesiondet import api
     from lesiondet.weights import GRADER, HERE, ship_checkpoint
 
-    print(f"+ lesiondet grader fit --data {SRAHIM} --weights {cnn} --lesions {RUN / 'detect'} --out {RUN / 'ship'}",
-          flush=True)
-    r = api.grader_fit(SRAHIM, cnn, lesions=RUN / "detect", config=config, out=RUN / "ship", device="cpu", log=print)
+    print(f"+ lesiondet grader fit --data {SRAHIM} --weights {cnn} --lesions {LESIONS or RUN / 'detect'} "
+          f"--out {RUN / 'ship'} --features-cache {RUN / 'features.npz'}", flush=True)
+    lesions = LESIONS or RUN / "detect"
+    r = api.grader_fit(SRAHIM, cnn, lesions=lesions, config=config, out=RUN / "ship", device="cpu", log=print,
+                       features_cache=RUN / "features.npz")
     return ship_checkpoint(r["weights"], HERE / GRADER)
 
 
@@ -231,7 +232,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    global SRAHIM, APTOS, RUN, CONFIG
+    global SRAHIM, APTOS, RUN, CONFIG, LESIONS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detector", default=str(ROOT / "lesiondet" / "weights" / "detector.pt"))
     ap.add_argument("--aptos-minutes", type=float, default=30)
@@ -244,8 +245,13 @@ def main() -> int:
     ap.add_argument("--config", type=Path, help="grader config YAML for every CNN and readout here (smoke runs)")
     ap.add_argument("--check", type=Path, metavar="CSV",
                     help="only run detect --grade with the shipped models on this graded CSV (other patients)")
+    ap.add_argument("--cnn", type=Path, help="use this trained grading network (e.g. lesiondet/weights/grader.pt) "
+                                               "instead of training one on APTOS; the APTOS row is then left out")
+    ap.add_argument("--lesions", type=Path, metavar="DIR",
+                    help="rule-grade JSONs of the photographs (e.g. benchmarks/runs/operating_point/evidence) "
+                         "instead of running --detector here")
     a = ap.parse_args()
-    SRAHIM, APTOS, RUN, CONFIG = a.srahim, a.aptos, a.run, a.config
+    SRAHIM, APTOS, RUN, CONFIG, LESIONS = a.srahim, a.aptos, a.run, a.config, a.lesions
     import torch
 
     torch.manual_seed(0)
@@ -258,8 +264,8 @@ def main() -> int:
         return 0
     cfg = load_section("grader", CONFIG, "grader config", "pass a YAML with a grader: section")
     dets = detections(a.detector, [i.path for i in read_grading_csv(SRAHIM)])
-    aptos, weights = aptos_row(a.aptos_minutes)
-    cnn = cnn_copy(weights)
+    aptos, cnn = (None, a.cnn) if a.cnn else aptos_row(a.aptos_minutes)
+    cnn = cnn if a.cnn else cnn_copy(cnn)
     oof = cross_validate(dets, cnn, cfg, a.finetune_minutes)
     items = read_grading_csv(SRAHIM)
     names = {"rules": "rules on default-detector lesions", "ordinal": "learned ordinal on detector features",
@@ -270,7 +276,8 @@ def main() -> int:
     for key in oof:
         pred, called, score, mac = zip(*oof[key])
         rows.append(score_row(names[key], items, pred, called, score, mac))
-    rows.append(aptos)
+    if aptos:
+        rows.append(aptos)
     RUN.joinpath("result.json").write_text(json.dumps(
         {"rows": [{k: v for k, v in r.items() if k not in ("per_image",) and not k.endswith("_png")} for r in rows],
          "oof": {k: [list(map(float, t)) for t in v] for k, v in oof.items()}}, indent=1))

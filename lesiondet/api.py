@@ -149,18 +149,20 @@ def _shared_run_dir(out: str | Path, device) -> Path:
     return Path(holder[0])
 
 
-def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, score: float = 0.3,
+def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, score: float | None = None,
            out: str | Path = "runs/detect", exist_ok: bool = False, grade: bool = False,
            grading: str | Path | None = None, grader: str | Path | None = None, report: bool = False,
-           device: str = "auto", trust_legacy: bool = False, **tiling: Any):
+           device: str = "auto", trust_legacy: bool = False, resume: bool = False, **tiling: Any):
     """Detect lesions in image files and folders; returns the ``DetectRun`` (records, grades, finals, failures).
 
-    ``weights`` defaults to the shipped detector. With ``grade``, each photograph is checked for imageability
+    ``weights`` defaults to the shipped detector; ``score`` None reports each class at the checkpoint's operating
+    point (``detection.operating``), a number at that score for all. With ``grade``, each photograph is checked for imageability
     and graded by the image model (``grader``: a grading-CNN best.pt, default the shipped one, ``"none"`` for
     the lesion rules alone) together with the lesion evidence (``grading.combined``).
     ``tiling`` overrides the checkpoint's slicing (``tile=``, ``overlap=``, ``merge=``, ``slice=``, ``tta=`` ...).
+    Every run writes the worklist ``out/summary.csv``; ``resume`` continues a killed run in ``out`` itself.
     """
-    from lesiondet.detection.detect import detect_files
+    from lesiondet.pipeline.screening import detect_files
     from lesiondet.detection.predict import Predictor
     from lesiondet.grading.rules import GradingConfig
     from lesiondet.weights import default_detector
@@ -175,18 +177,18 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
 
         image_model = GraderCNN(grader or default_grader(), device)
     out = Path(out)
-    if exist_ok:
+    if exist_ok or resume:
         out.mkdir(parents=True, exist_ok=True)
     else:
         out = next_run_dir(out.parent, out.name)
-    run = detect_files(predictor, paths, out, grading=grading_cfg, grader=image_model, report=report)
+    run = detect_files(predictor, paths, out, grading=grading_cfg, grader=image_model, report=report, resume=resume)
     run.out, run.classes, run.n_images = out, predictor.classes, len(paths)
     return run
 
 
 def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | Path | None = None,
              labels: str | Path | None = None, images: str | Path | None = None, score: float = 0.001,
-             grade_score: float = 0.3, out: str | Path = "runs/eval", json: str | Path | None = None,
+             grade_score: float | None = None, out: str | Path = "runs/eval", json: str | Path | None = None,
              device: str = "auto", trust_legacy: bool = False, progress: bool = False, **tiling: Any) -> dict:
     """COCO mAP, AP50, FROC and AP by size of a checkpoint (``weights``) or of VOC predictions (``pred``).
 
@@ -215,10 +217,16 @@ def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | 
         label_map = load_label_map(labels)
         gt = read_voc_dir(voc, label_map, images)
         preds = read_voc_dir(pred, label_map, need_image=False)
-        classes = list(label_map.classes) if labels else \
-            [c for c in label_map.classes if c in present_labels(gt) | present_labels(preds)]
-    result = evaluate_detections(gt, preds, classes)
-    result["grade_agreement"] = ga = grade_agreement(gt, preds, grade_score)
+        # Predictions that use a partial label (an older model's HE_MA) are scored as they are; predictions of
+        # its members are merged into it by evaluate_detections.
+        used = present_labels(preds)
+        classes = [c for c in label_map.labels if c in used or (
+            c in label_map.classes and (labels is not None or c in present_labels(gt)))]
+    result = evaluate_detections(gt, preds, classes, label_map.partial)
+    # The grade of the detections is what detect would report: the checkpoint's operating point unless a score is given.
+    keep: Any = (predictor.stored_operating_point.keep if grade_score is None and weights is not None
+                 else 0.3 if grade_score is None else grade_score)
+    result["grade_agreement"] = ga = grade_agreement(gt, preds, keep)
     result["n_images"] = len(gt)
     figs = next_run_dir(Path(out).parent, Path(out).name)
     plot_pr_curves(figs / "pr_curves.png", result)
@@ -229,6 +237,37 @@ def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | 
         write_json(json, json_safe(result))
     result["figures"] = str(figs)
     return result
+
+
+def calibrate(weights: str | Path, voc: str | Path, *, out: str | Path, labels: str | Path | None = None,
+              images: str | Path | None = None, fp_per_image: float = 1.0,
+              per_class: dict[str, float] | None = None, device: str = "auto", trust_legacy: bool = False,
+              progress: bool = False) -> dict:
+    """Choose a score threshold per class on annotated validation photographs and store them in a checkpoint copy.
+
+    Each class's threshold is where it makes ``fp_per_image`` false positives per image on ``voc``
+    (``per_class`` overrides the rate for named classes), read off its FROC curve
+    (``detection.operating.calibrated``). Writes ``out`` (a ``.pt`` that ``detect`` then uses by default);
+    returns ``{"out", "operating_point"}``.
+    """
+    from lesiondet.detection.operating import calibrated, with_operating_point
+    from lesiondet.detection.predict import Predictor
+    from lesiondet.io.labels import LabelMap, load_label_map
+    from lesiondet.io.voc import read_voc_dir
+
+    if Path(weights).suffix.lower() == ".onnx":
+        raise LesiondetError(weights, "an exported network cannot store an operating point",
+                             "calibrate the .pt, then export it again")
+    predictor = Predictor(weights, device, 0.001, trust_legacy=trust_legacy)
+    label_map = (load_label_map(labels) if labels
+                 else LabelMap.from_dict({**predictor.label_map, "default_aliases": True}, str(weights)))
+    gt = read_voc_dir(voc, label_map, images)
+    if not gt:
+        raise LesiondetError(voc, "no annotated photographs to calibrate on", "pass a labelImg validation folder")
+    preds = predictor.predict_records(gt, progress=progress)
+    op = calibrated(gt, preds, predictor.classes, label_map.partial, {"*": fp_per_image, **(per_class or {})},
+                    str(voc))
+    return {"out": str(with_operating_point(weights, op, out)), "operating_point": op.to_dict()}
 
 
 def export(weights: str | Path, format: str = "onnx", out: str | Path | None = None,
@@ -561,14 +600,17 @@ def grader_train(data: str | Path, *, val: str | Path | None = None, val_split: 
 
 def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | None = None,
                preprocessed: bool = False, config: str | Path | None = None, grading: str | Path | None = None,
-               out: str | Path = "runs/grader-fit", device: str = "auto", log: Log = _quiet) -> dict[str, Any]:
+               out: str | Path = "runs/grader-fit", device: str = "auto", log: Log = _quiet,
+               features_cache: str | Path | None = None) -> dict[str, Any]:
     """Fit the grade readout of a trained grading CNN on graded photographs (``grading.readout``).
 
     ``lesions``: a folder of ``detect --grade`` JSONs of the same photographs; the readout then also
     weighs the lesion evidence when ``detect --grade`` runs with it. Writes ``grader.pt`` (the network
     with its readout), ``fit.json`` (patient-grouped out-of-fold figures of each variant) and
     ``grade_confusion.png``. ``preprocessed``: the photographs of ``data`` are already Ben
-    Graham-processed; the written grader then expects such photographs too.
+    Graham-processed; the written grader then expects such photographs too. ``features_cache``: an
+    ``.npz`` that keeps the network's features between fits (refitting on a new detector's lesions
+    reads the photographs once); it is reused only for the same network, photographs and sizes.
     """
     from lesiondet.config import load_section
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
@@ -576,7 +618,7 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     from lesiondet.grading.cnn import GraderCNN, read_grading_csv
     from lesiondet.grading.learned import plot_confusion, read_lesion_features
     from lesiondet.grading.metrics import grading_metrics
-    from lesiondet.grading.readout import embed_photographs, fit_readout
+    from lesiondet.grading.readout import cached_features, embed_photographs, fit_readout
     from lesiondet.grading.rules import GradingConfig
 
     cfg = load_section("grader", config, "grader config", "pass a YAML with a grader: section")
@@ -587,7 +629,8 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     sizes = [int(s) for s in cfg["readout_sizes"]]
     log(f"grader fit: features of {len(items)} photographs from {len({i.patient for i in items})} patients at "
         f"{', '.join(map(str, sizes))} px" + (", with the lesion evidence" if L is not None else ""))
-    E = embed_photographs(g, [i.path for i in items], sizes, preprocessed, progress=True)
+    E = cached_features(features_cache, weights, [i.path for i in items], sizes, preprocessed,
+                         lambda: embed_photographs(g, [i.path for i in items], sizes, preprocessed, progress=True))
     readout, oof = fit_readout(E, L, [i.grade for i in items], [i.referable for i in items],
                                [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg)
     y = [i.grade for i in items]
@@ -712,7 +755,8 @@ def convert(out: str | Path, *, source: str | None = None, to: str | None = None
         lm = load_label_map(label_map) if label_map else default_label_map()
         records = read_voc_dir(voc, lm, images)
         present = present_labels(records)
-        classes = [c for c in lm.classes if c in present] if not label_map else list(lm.classes)
+        # Annotation formats keep a partial label (HE_MA) as a category of its own: it is what was annotated.
+        classes = [c for c in lm.labels if c in present] if not label_map else list(lm.labels)
         written = (cv.write_coco if to == "coco" else cv.write_yolo)(records, classes, out)
     else:
         need = {"masks": (masks, images), "coco": (json, images), "yolo": (labels, names, images)}[source]

@@ -9,11 +9,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lesiondet.cli import convert, data, detect, eval, export, grade, grader, oct, synth, train
+from lesiondet.cli import calibrate, convert, data, detect, eval, export, grade, grader, oct, synth, train
 from lesiondet.cli.common import Parser, error
 from lesiondet.errors import LesiondetError
 
-COMMANDS = (train, detect, eval, grade, grader, oct, export, convert, data, synth)
+COMMANDS = (train, detect, eval, calibrate, grade, grader, oct, export, convert, data, synth)
 
 
 def build_parser() -> argparse.ArgumentParser:

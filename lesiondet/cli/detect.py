@@ -11,9 +11,12 @@ def add(sub) -> None:
     d.add_argument("images", nargs="+", help="image files or folders")
     d.add_argument("--weights", help="best.pt from 'lesiondet train', or its exported .onnx "
                                       "(default: the shipped detector, docs/models.md)")
-    d.add_argument("--score", type=score, default=0.3, help="minimum score (default 0.3)")
+    d.add_argument("--score", type=score, default=None,
+                   help="one minimum score for every class (default: the model's per-class operating point)")
     d.add_argument("--out", default="runs/detect", help="output folder; numbered if it exists")
     d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
+    d.add_argument("--resume", action="store_true",
+                   help="continue a killed run in --out: photographs its summary.csv lists are kept, the rest done")
     d.add_argument("--device", default="auto")
     d.add_argument("--grade", action="store_true",
                    help="grade each photograph (ICDR 0-4, referable): imageability check, image model and lesions")
@@ -29,12 +32,12 @@ def add(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from lesiondet import api
-    from lesiondet.detection.detect import count_table
+    from lesiondet.pipeline.screening import count_table, operating_point_text
     from lesiondet.grading.rules import PDR_SENTENCE
 
     r = api.detect(a.images, a.weights, score=a.score, out=a.out, exist_ok=a.exist_ok, grade=a.grade,
                    grading=a.grading, grader=a.grader, report=a.report, device=a.device,
-                   trust_legacy=a.trust_legacy, **tiling_overrides(a))
+                   trust_legacy=a.trust_legacy, resume=a.resume, **tiling_overrides(a))
     print(count_table(r, r.classes))
     if a.grade:
         for rec, g, final in zip(r.records, r.grades, r.finals):
@@ -51,7 +54,10 @@ def run(a: argparse.Namespace) -> int:
             print(f"Note: {PDR_SENTENCE}")
     if r.report:
         say(f"report {r.report}")
-    say(f"results in {r.out} (annotated .png, .json, labelImg .xml with <score>; score >= {a.score})")
+    if r.skipped:
+        say(f"{r.skipped} photograph(s) were done by the earlier run and kept")
+    say(f"results in {r.out} (annotated .png, .json, labelImg .xml with <score>; worklist {r.summary.name}); "
+        f"operating point: {operating_point_text(r.operating_point)}")
     for f in r.failures:
         error(f)
     if r.failures:

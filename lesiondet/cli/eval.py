@@ -18,8 +18,9 @@ def add(sub) -> None:
     e.add_argument("--labels", help="label map YAML")
     e.add_argument("--score", type=score, default=0.001, help="minimum score kept with --weights (default 0.001)")
     e.add_argument("--json", help="write the figures to this JSON file")
-    e.add_argument("--grade-score", type=score, default=0.3,
-                   help="score threshold for grading the detections (default 0.3, as detect)")
+    e.add_argument("--grade-score", type=score, default=None,
+                   help="one score threshold for grading the detections (default: the model's operating point, "
+                        "as detect; 0.3 for --pred)")
     e.add_argument("--out", default="runs/eval", help="folder for the PR, FROC and grade plots; numbered if it exists")
     e.add_argument("--device", default="auto")
     add_tiling_args(e)

@@ -39,6 +39,9 @@ def add(sub) -> None:
     f.add_argument("--grading", help="grading-rules YAML (which merged classes count as haemorrhages)")
     f.add_argument("--device", default="auto")
     f.add_argument("--out", default="runs/grader-fit", help="run folder; numbered if it exists")
+    f.add_argument("--features-cache", metavar="FILE.npz",
+                   help="keep the network's features here and reuse them when the network and photographs "
+                        "are the same (refitting on new lesion evidence then reads no photograph)")
     f.set_defaults(func=run_fit)
     e = gsub.add_parser("eval", help="QWK, accuracy, confusion, referable and maculopathy figures")
     e.add_argument("--data", required=True, help="graded CSV (other patients than training)")
@@ -72,7 +75,7 @@ def run_fit(a: argparse.Namespace) -> int:
     from lesiondet import api
 
     r = api.grader_fit(a.data, a.weights, lesions=a.lesions, preprocessed=a.preprocessed, config=a.config,
-                       grading=a.grading, out=a.out, device=a.device, log=say)
+                       grading=a.grading, out=a.out, device=a.device, log=say, features_cache=a.features_cache)
     def f(v):
         return "-" if v is None else f"{v:.3f}"
 

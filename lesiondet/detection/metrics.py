@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Sequence
+from dataclasses import replace
+from typing import Mapping, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -79,6 +80,38 @@ def _mean(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
+def merge_partial(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
+                  partial: Mapping[str, Sequence[str]], iou: float = 0.5) -> tuple[list[VocRecord], list[str], dict]:
+    """Predictions scored against ground truth that uses partial labels (``HE_MA`` = HE or MA).
+
+    For each partial label the ground truth uses that is not itself a model class (an older model's
+    ``HE_MA`` is), the predictions of its members are relabelled to it and merged by NMS at ``iou``
+    (an HE and an MA box on one lesion would otherwise be a hit and a false positive). Returns the
+    predictions, the class list to score (members replaced by the partial label) and
+    ``{partial: [members merged]}``.
+    """
+    present = {o.label for r in gt for o in r.objects}
+    merged = {p: [c for c in m if c in classes] for p, m in partial.items() if p in present and p not in classes}
+    if not merged:
+        return list(preds), list(classes), {}
+    to = {m: p for p, ms in merged.items() for m in ms}
+    names = [c for c in classes if c not in to] + list(merged)
+    out = []
+    for r in preds:
+        objs = [replace(o, label=to.get(o.label, o.label)) for o in r.objects]
+        if objs:
+            import torch
+            from torchvision.ops import batched_nms
+
+            idx = {c: i for i, c in enumerate(names)}
+            keep = batched_nms(torch.tensor([o.box for o in objs], dtype=torch.float32),
+                               torch.tensor([1.0 if o.score is None else o.score for o in objs]),
+                               torch.tensor([idx.get(o.label, -1) for o in objs]), iou)
+            objs = [objs[i] for i in sorted(keep.tolist())]
+        out.append(r.with_objects(objs))
+    return out, names, merged
+
+
 def coco_map(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
              max_dets: int = MAX_DETS) -> dict:
     """mAP@[.5:.95], AP50 and per-class AP/AP50 over all object sizes.
@@ -143,33 +176,13 @@ def froc(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[
     ``r × n_images`` false positives. Returns ``{cls: {"0.125": s, ..., "mean": m}}``
     (``nan`` for classes without ground truth).
     """
-    by_stem = {r.stem: r for r in gt}
     n_img = len(gt)
     out: dict[str, dict[str, float]] = {}
     for c in classes:
-        boxes = {s: np.array([o.box for o in r.objects if o.label == c], float).reshape(-1, 4)
-                 for s, r in by_stem.items()}
-        hard = {s: np.array([o.difficult for o in r.objects if o.label == c], bool)
-                for s, r in by_stem.items()}
-        n_pos = int(sum((~h).sum() for h in hard.values()))
+        _, fps, tps, n_pos = froc_curve(gt, preds, c, iou_thr)
         if n_pos == 0:
             out[c] = {**{f"{f:g}": float("nan") for f in fpi}, "mean": float("nan")}
             continue
-        dets = sorted(((o.score if o.score is not None else 1.0, p.stem, o.box) for p in preds if p.stem in by_stem
-                       for o in p.objects if o.label == c), key=lambda d: -d[0])
-        found = {s: np.zeros(len(b), bool) for s, b in boxes.items()}
-        tp = fp = 0
-        curve = [(0, 0)]  # (false positives, true positives) after each detection, best first
-        for _, stem, box in dets:
-            hit = _hits(box, boxes[stem], iou_thr)
-            new = hit & ~found[stem] & ~hard[stem]
-            if new.any():
-                found[stem][np.flatnonzero(new)[0]] = True
-                tp += 1
-            elif not hit.any():
-                fp += 1
-            curve.append((fp, tp))
-        fps, tps = np.array(curve).T
         row = {}
         for f in fpi:
             ok = fps <= f * n_img
@@ -177,6 +190,35 @@ def froc(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[
         row["mean"] = float(np.mean([row[f"{f:g}"] for f in fpi]))
         out[c] = row
     return out
+
+
+def froc_curve(gt: Sequence[VocRecord], preds: Sequence[VocRecord], cls: str, iou_thr: float = 0.2
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(scores, false positives, true positives, lesions)`` of one class, after each detection, best first.
+
+    The first entry is the start (score +inf, 0, 0); see ``froc`` for what counts as a hit.
+    """
+    by_stem = {r.stem: r for r in gt}
+    boxes = {s: np.array([o.box for o in r.objects if o.label == cls], float).reshape(-1, 4)
+             for s, r in by_stem.items()}
+    hard = {s: np.array([o.difficult for o in r.objects if o.label == cls], bool) for s, r in by_stem.items()}
+    n_pos = int(sum((~h).sum() for h in hard.values()))
+    dets = sorted(((o.score if o.score is not None else 1.0, p.stem, o.box) for p in preds if p.stem in by_stem
+                   for o in p.objects if o.label == cls), key=lambda d: -d[0])
+    found = {s: np.zeros(len(b), bool) for s, b in boxes.items()}
+    tp = fp = 0
+    curve = [(float("inf"), 0, 0)]
+    for score, stem, box in dets:
+        hit = _hits(box, boxes[stem], iou_thr)
+        new = hit & ~found[stem] & ~hard[stem]
+        if new.any():
+            found[stem][np.flatnonzero(new)[0]] = True
+            tp += 1
+        elif not hit.any():
+            fp += 1
+        curve.append((score, fp, tp))
+    scores, fps, tps = (np.array(v) for v in zip(*curve))
+    return scores, fps, tps, n_pos
 
 
 def ap_by_size(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
@@ -201,11 +243,18 @@ def ap_by_size(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Seq
     return {k: {"AP50": _mean(prec[0, :, :, a, 0]), "n_gt": counts[k]} for a, k in enumerate(SIZE_BUCKETS)}
 
 
-def evaluate_detections(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str]) -> dict:
-    """Everything ``lesiondet eval`` reports: COCO AP, FROC per class and AP50 per size bucket."""
+def evaluate_detections(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
+                        partial: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """Everything ``lesiondet eval`` reports: COCO AP, FROC per class and AP50 per size bucket.
+
+    ``partial`` (the ground truth's label map): predictions of a partial label's members are
+    merged into it first (``merge_partial``); ``result["merged"]`` says which.
+    """
+    preds, classes, merged = merge_partial(gt, preds, classes, partial or {})
     result = coco_map(gt, preds, classes)
     result["froc"] = froc(gt, preds, classes)
     result["ap50_by_size"] = ap_by_size(gt, preds, classes)
+    result["merged"] = merged
     return result
 
 
@@ -236,6 +285,9 @@ def format_table(result: dict) -> str:
         lines.append(f"{c:<8} {v['n_gt']:>6} {f(v['AP'])} {f(v['AP50'])}")
     total = sum(v["n_gt"] for v in result["per_class"].values())
     lines.append(f"{'all':<8} {total:>6} {f(result['mAP'])} {f(result['mAP50'])}")
+    for name, members in (result.get("merged") or {}).items():
+        lines.append(f"{name} = {' + '.join(members) or 'nothing the model predicts'} (the ground truth does not "
+                     "tell them apart; their predictions are merged before scoring)")
     return "\n".join(lines)
 
 

@@ -6,12 +6,13 @@ start at 8 px instead of 32, up to 1000 detections per image instead of 100
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from lesiondet.config import check_section, defaults
@@ -87,22 +88,56 @@ class ModelScaleTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+def partial_label_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: Sequence[torch.Tensor],
+                       regression_targets: Sequence[torch.Tensor], members: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torchvision's ``fastrcnn_loss`` where a target may be a set of classes (a partial label).
+
+    ``members[t]`` marks the outputs target index ``t`` may be (``LabelMap.member_matrix``). The
+    classification loss of a sample is ``-log sum(p_c for c in members[t])``: for a single class
+    it is cross-entropy, and a merged ``HE_MA`` box is positive for HE + MA, so the model never
+    has to pick one and neither member is penalised. The box loss is smooth L1 on each member's
+    deltas, averaged over the members, and normalised as torchvision does (by all samples).
+    """
+    labels_t = torch.cat(list(labels))
+    targets = torch.cat(list(regression_targets))
+    allowed = members.to(labels_t.device)[labels_t]  # [N, 1 + classes]
+    logp = class_logits.float().log_softmax(1)
+    loss_cls = -logp.masked_fill(~allowed, float("-inf")).logsumexp(1).mean()
+    pos = torch.where(labels_t > 0)[0]
+    n, k = class_logits.shape
+    deltas = box_regression.reshape(n, -1, 4)[pos].float()  # [P, 1 + classes, 4]
+    weight = allowed[pos].float()
+    weight[:, 0] = 0
+    weight = weight / weight.sum(1, keepdim=True).clamp(min=1)
+    per_class = F.smooth_l1_loss(deltas, targets[pos, None, :].float().expand(-1, k, 4), beta=1 / 9,
+                                 reduction="none").sum(-1)
+    loss_box = (per_class * weight).sum() / max(1, labels_t.numel())
+    return loss_cls, loss_box
+
+
 class MaskedRoIHeads(RoIHeads):
-    """Torchvision's box head, with a per-image mask over the classification outputs in training.
+    """Torchvision's box head with two training-only changes to its loss (``partial_label_loss``).
 
     A target may carry ``class_mask`` (bool, background + classes): outputs it
     leaves out are removed from that image's softmax, so a class its source
-    never annotates is neither rewarded nor punished there. Parameters and
-    inference are exactly torchvision's; only training networks use it.
+    never annotates is neither rewarded nor punished there. A box may carry a
+    partial label (an index past the classes, ``members`` says which classes it
+    may be). Parameters and inference are exactly torchvision's; only training
+    networks use it, and ``members`` is not part of the saved weights.
     """
 
+    members: torch.Tensor | None = None
+
     @classmethod
-    def like(cls, h: RoIHeads) -> "MaskedRoIHeads":
+    def like(cls, h: RoIHeads, members: torch.Tensor | None = None) -> "MaskedRoIHeads":
         """The same modules and settings as ``h``, through the constructor."""
-        return cls(h.box_roi_pool, h.box_head, h.box_predictor, h.proposal_matcher.high_threshold,
-                   h.proposal_matcher.low_threshold, h.fg_bg_sampler.batch_size_per_image,
-                   h.fg_bg_sampler.positive_fraction, h.box_coder.weights, h.score_thresh, h.nms_thresh,
-                   h.detections_per_img)
+        out = cls(h.box_roi_pool, h.box_head, h.box_predictor, h.proposal_matcher.high_threshold,
+                  h.proposal_matcher.low_threshold, h.fg_bg_sampler.batch_size_per_image,
+                  h.fg_bg_sampler.positive_fraction, h.box_coder.weights, h.score_thresh, h.nms_thresh,
+                  h.detections_per_img)
+        out.members = members
+        return out
 
     def forward(self, features, proposals, image_shapes, targets=None):  # type: ignore[override]
         if not self.training or targets is None or not all("class_mask" in t for t in targets):
@@ -113,13 +148,17 @@ class MaskedRoIHeads(RoIHeads):
         mask = torch.cat([t["class_mask"].to(class_logits.device).expand(len(p), -1)
                           for t, p in zip(targets, proposals)])
         class_logits = class_logits.masked_fill(~mask, -1e4)  # -1e4 is finite in float16 too
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        members = self.members
+        if members is None:  # every target is a class of its own
+            members = torch.eye(class_logits.shape[1], dtype=torch.bool)
+        loss_classifier, loss_box_reg = partial_label_loss(class_logits, box_regression, labels,
+                                                           regression_targets, members)
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
 
 def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None, load_pretrained: bool = True, *,
                    input_size: int | None = 512, score_thresh: float | None = None,
-                   masked: bool = False) -> FasterRCNN:
+                   masked: bool = False, members: torch.Tensor | None = None) -> FasterRCNN:
     """Faster R-CNN with ``num_classes`` outputs (background included).
 
     Args:
@@ -128,7 +167,8 @@ def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None, load
         load_pretrained: False when the weights come from a checkpoint anyway.
         input_size: side every input is scaled to (the tile); None: inputs arrive at model scale.
         score_thresh: lowest score returned (default ``arch["box_score_thresh"]``).
-        masked: per-image class masks in the loss (training on several datasets); inference needs none.
+        masked: per-image class masks and partial labels in the loss (``MaskedRoIHeads``); inference needs none.
+        members: with ``masked``, which outputs each target index may be (``LabelMap.member_matrix``).
     """
     arch = resolve_arch(arch)
     backbone = _backbone(arch, load_pretrained)
@@ -151,7 +191,7 @@ def build_detector(num_classes: int, arch: Mapping[str, Any] | None = None, load
     if input_size is None:
         model.transform = ModelScaleTransform()
     if masked:
-        model.roi_heads = MaskedRoIHeads.like(model.roi_heads)
+        model.roi_heads = MaskedRoIHeads.like(model.roi_heads, members)
     return model
 
 

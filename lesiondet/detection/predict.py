@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ import torch
 from lesiondet.detection.data import fit_to, to_tensor
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections
 from lesiondet.detection.model import detector_from_checkpoint
+from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy
 from lesiondet.detection.slicing import (
     big_enough,
     fov_share,
@@ -30,7 +31,7 @@ from lesiondet.progress import progress as progress_bar
 
 
 def detections_from_output(out: dict, classes: Sequence[str], score: float) -> list[VocObject]:
-    """Torchvision's output dict → ``VocObject`` list above ``score``, best first."""
+    """Torchvision's output dict → ``VocObject`` list at or above ``score``, best first."""
     keep = out["scores"] >= score
     boxes = out["boxes"][keep].detach().cpu().tolist()
     scores = out["scores"][keep].detach().cpu().tolist()
@@ -198,10 +199,12 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
 @torch.inference_mode()
 def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classes: Sequence[str],
                     device: torch.device, score: float = 0.001, tiling: Mapping[str, Any] | None = None,
-                    progress: bool = False) -> list[VocRecord]:
+                    progress: bool = False, post: Callable[[list[VocObject]], list[VocObject]] | None = None
+                    ) -> list[VocRecord]:
     """Run ``model`` on each record's image through ``sliced_predict``; returns the records with predictions.
 
-    ``tiling`` is what the checkpoint stores (``slicing.DEFAULT_TILING`` when None).
+    ``tiling`` is what the checkpoint stores (``slicing.DEFAULT_TILING`` when None); ``post`` turns
+    each image's detections into what is reported (``Predictor.report``).
     """
     model.eval()
     tiling = tiling if tiling is not None else resolve_tiling(None)
@@ -212,8 +215,8 @@ def predict_records(model: torch.nn.Module, records: Iterable[VocRecord], classe
         for r, (_, img) in zip(records, read_ahead(r.image_path for r in records)):
             if isinstance(img, LesiondetError):
                 raise img
-            o = sliced_predict(model, img, tiling, device)
-            out.append(r.with_objects(detections_from_output(o, classes, score)))
+            objs = detections_from_output(sliced_predict(model, img, tiling, device), classes, score)
+            out.append(r.with_objects(post(objs) if post else objs))
             bar.update()
     return out
 
@@ -261,28 +264,37 @@ class Predictor:
     (``tile=``, ``overlap=``, ``slice=``, ``merge=``, ``nested_ios=``, ``tta=``). The
     network is built for them once; nothing is changed on it afterwards.
 
+    ``score=None`` reports each class at the checkpoint's operating point (per-class thresholds,
+    ``detection.operating``; 0.3 for every class when it stores none); a number applies to every
+    class. Either way the anatomy rules apply: at most one optic disc, no lesion centred on it.
+
     >>> p = Predictor("runs/train/best.pt")           # doctest: +SKIP
     >>> rec = p.predict("fundus.jpg")                 # doctest: +SKIP
     >>> [(o.label, o.score) for o in rec.objects]     # doctest: +SKIP
     """
 
-    def __init__(self, weights: str | Path, device: str = "auto", score: float = 0.3, *,
+    def __init__(self, weights: str | Path, device: str = "auto", score: float | None = None, *,
                  trust_legacy: bool = False, threads: int | None = None, **tiling: Any) -> None:
         self.weights = Path(weights)
-        self.score = score
         if self.weights.suffix.lower() == ".onnx":
-            from lesiondet.export.onnx import OnnxDetector
+            from lesiondet.export.onnx import EXPORT_SCORE, OnnxDetector
 
             self.device = torch.device("cpu")
-            self.network = OnnxDetector(self.weights, score, threads)  # threads: onnxruntime's (default: all)
+            self.network = OnnxDetector(self.weights, EXPORT_SCORE, threads)  # threads: onnxruntime's (default: all)
             ckpt = self.network.meta
             self.classes = list(ckpt["classes"])
         else:
             self.device = resolve_device(device)
             ckpt = load_checkpoint(self.weights, trust_legacy=trust_legacy)
-            self.network, self.classes = detector_from_checkpoint(ckpt, str(self.weights), input_size=None,
-                                                                  score_thresh=score)
+            self.network, self.classes = detector_from_checkpoint(ckpt, str(self.weights), input_size=None)
             self.network.to(self.device).eval()
+        #: The operating point the checkpoint stores (per-class thresholds and why; ``detection.operating``) ...
+        self.stored_operating_point = OperatingPoint.from_checkpoint(ckpt, str(self.weights))
+        #: ... and the one detections are reported at: that one, or ``score`` for every class.
+        self.operating_point = self.stored_operating_point if score is None else OperatingPoint.uniform(score)
+        #: The lowest of them: candidates below it are never reported.
+        self.score = self.operating_point.lowest
+        self.network_score = min(self.score, 0.001)  # the one-disc rule picks from every disc candidate
         self.config = ckpt.get("config", {})
         self.label_map = dict(ckpt["label_map"])
         #: Slicing settings from training, with the overrides given here.
@@ -292,27 +304,38 @@ class Predictor:
         self.model = (AtModelScale(self.network, zoom=float(self.tiling["zoom"])) if self.tiling["slice"] is False
                       else AtModelScale(self.network, side=int(self.tiling["tile"])))
 
+    def report(self, objects: list[VocObject]) -> tuple[list[VocObject], DiscCheck]:
+        """Raw detections → what is reported (the anatomy rules, then the operating point), and the disc decision."""
+        kept, disc = apply_anatomy(objects, self.operating_point, self.tiling["disc_core"])
+        return self.operating_point.keep(kept), disc
+
     @torch.inference_mode()
-    def predict_array(self, img: np.ndarray, image_path: str | Path = "image") -> VocRecord:
+    def detect(self, img: np.ndarray, image_path: str | Path = "image") -> tuple[VocRecord, DiscCheck]:
+        """The reported detections for one image, and what the one-disc rule decided."""
         out = sliced_predict(self.model, img, self.tiling, self.device)
         h, w = img.shape[:2]
-        return VocRecord(Path(image_path), w, h, tuple(detections_from_output(out, self.classes, self.score)))
+        objs, disc = self.report(detections_from_output(out, self.classes, self.network_score))
+        return VocRecord(Path(image_path), w, h, tuple(objs)), disc
+
+    def predict_array(self, img: np.ndarray, image_path: str | Path = "image") -> VocRecord:
+        return self.detect(img, image_path)[0]
 
     def predict(self, path: str | Path) -> VocRecord:
         return self.predict_array(read_rgb(path), path)
 
     def predict_records(self, records: Iterable[VocRecord], progress: bool = False) -> list[VocRecord]:
         """Predictions for the images of ``records`` (e.g. ground truth to score), decoded ahead."""
-        return predict_records(self.model, records, self.classes, self.device, self.score, self.tiling, progress)
+        return predict_records(self.model, records, self.classes, self.device, self.network_score, self.tiling,
+                               progress, lambda objs: self.report(objs)[0])
 
     def predict_paths(self, paths: Iterable[str | Path], depth: int = 2
-                      ) -> Iterator[tuple[Path, np.ndarray | None, VocRecord | LesiondetError]]:
-        """``(path, image, record)`` for each file, decoding ahead while the model runs.
+                      ) -> Iterator[tuple[Path, np.ndarray | None, VocRecord | LesiondetError, DiscCheck | None]]:
+        """``(path, image, record, disc decision)`` for each file, decoding ahead while the model runs.
 
-        A file that cannot be read gives ``(path, None, error)`` and the run goes on.
+        A file that cannot be read gives ``(path, None, error, None)`` and the run goes on.
         """
         for p, img in read_ahead(paths, depth=depth):
             if isinstance(img, LesiondetError):
-                yield p, None, img
+                yield p, None, img, None
             else:
-                yield p, img, self.predict_array(img, p)
+                yield p, img, *self.detect(img, p)

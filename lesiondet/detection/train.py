@@ -18,7 +18,7 @@ import torch
 from lesiondet import __version__
 from lesiondet.config import DEFAULT_TRAIN
 from lesiondet.detection.data import TileDataset, collate, train_transforms
-from lesiondet.detection.metrics import coco_map
+from lesiondet.detection.metrics import coco_map, merge_partial
 from lesiondet.detection.model import CHECKPOINT_FORMAT, build_detector, resolve_arch
 from lesiondet.detection.predict import predict_records, predict_tiles, tile_windows
 from lesiondet.detection.slicing import auto_zoom, objects_in, resolve_tiling, should_slice, val_windows
@@ -70,11 +70,13 @@ class FitnessSet:
                                       self.tiles and f"{len(self.tiles)} tiles of sliced images") if s) or "nothing"
 
     def evaluate(self, model: torch.nn.Module, classes: Sequence[str], device: torch.device, score: float,
-                 tiling: Mapping[str, Any] | None) -> dict:
+                 tiling: Mapping[str, Any] | None, partial: Mapping[str, Sequence[str]] | None = None) -> dict:
         preds = predict_records(model, self.whole, classes, device, score=score, tiling=tiling)
         if self.tiles:
             preds += predict_tiles(model, self.tiles, classes, device, score, tiling)
-        return coco_map(self.whole + [rec for _, rec in self.tiles], preds, classes)
+        gt = self.whole + [rec for _, rec in self.tiles]
+        preds, names, _ = merge_partial(gt, preds, classes, partial or {})
+        return coco_map(gt, preds, names)
 
 
 def val_subset(records: Sequence[VocRecord], n: int) -> list[VocRecord]:
@@ -105,8 +107,10 @@ class DetectionTask:
         # Tiles and the whole-image view are both fed at the tile size.
         self.arch = resolve_arch(cfg.get("model"))
         self.classes = list(label_map.classes)
+        self.partial = dict(label_map.partial)
         self.model = build_detector(len(self.classes) + 1, self.arch, load_pretrained=fresh,
-                                    input_size=self.tiling["tile"], masked=True)
+                                    input_size=self.tiling["tile"], masked=True,
+                                    members=label_map.member_matrix())
         self.augment = train_transforms(cfg.get("augment"))
         seed_augment(self.augment, int(self.tcfg["seed"]) + rank)
         self.dataset = TileDataset(train_records, label_map, self.tiling, self.augment, self.tcfg["use_difficult"],
@@ -135,7 +139,7 @@ class DetectionTask:
         return model(images, targets)
 
     def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        return self.val_fit.evaluate(model, self.classes, device, self.tcfg["val_score"], self.tiling)
+        return self.val_fit.evaluate(model, self.classes, device, self.tcfg["val_score"], self.tiling, self.partial)
 
     def fitness(self, metrics: Mapping[str, Any]) -> float:
         return fitness(dict(metrics))

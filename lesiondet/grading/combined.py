@@ -46,6 +46,12 @@ def final_grade(rule: Grade, cnn: Mapping[str, Any] | None, quality: Quality | N
     reasons = [f"{what}: grade {g} (score {cnn['score']:.2f}, "
                f"P(referable) {cnn['p_referable']:.2f}, P(maculopathy) {cnn['p_maculopathy']:.2f})",
                f"lesion rules: grade {rule.grade} ({rule.grade_name})"]
+    if abs(g - rule.grade) >= 2:
+        # The lesions' account and the final answer are two grades or more apart: a reader should look.
+        doc["rule_grade"]["disagreement"] = (
+            f"the lesions alone give grade {rule.grade}, the final grade is {g}: two or more grades apart, "
+            "so the boxes do not explain this grade; read the photograph")
+        reasons.append(doc["rule_grade"]["disagreement"])
     doc.update(grade=g, grade_name=GRADE_NAMES[g], referable=referable, grade_source=source,
                model_probabilities={"grade": list(cnn["probabilities"]), "p_referable": cnn["p_referable"],
                                     "p_maculopathy": cnn["p_maculopathy"], "cnn_grade": cnn["grade"],

@@ -8,14 +8,14 @@ sensible on the few hundred graded images a lab typically has.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lesiondet.errors import LesiondetError
 from lesiondet.grading.rules import Grade, GradingConfig, grade
-from lesiondet.io.voc import VocRecord
+from lesiondet.io.voc import VocObject, VocRecord
 from lesiondet.nn.logistic import PlainLogistic
 
 GRADER_FORMAT = "lesiondet-grader/2"  # 1: lesiondet 0.1, a pickle
@@ -195,21 +195,24 @@ def read_labels_csv(path: str | Path) -> dict[str, int]:
     return out
 
 
-def grade_agreement(reference: Sequence[VocRecord], predicted: Sequence[VocRecord], score: float = 0.3,
+def grade_agreement(reference: Sequence[VocRecord], predicted: Sequence[VocRecord],
+                    score: float | Callable[[Sequence[VocObject]], list[VocObject]] = 0.3,
                     config: GradingConfig | None = None) -> dict:
     """How often grading the detections gives the grade that grading the ground-truth boxes gives.
 
-    Detections below ``score`` (``lesiondet detect``'s default threshold) are left
-    out, as detect leaves them out. Records are matched by file stem. Returns ``{"reference", "predicted"`` (grade lists),
+    Detections below ``score`` are left out, as detect leaves them out; ``score`` may instead be the
+    function that keeps what detect reports (``OperatingPoint.keep``: per-class thresholds).
+    Records are matched by file stem. Returns ``{"reference", "predicted"`` (grade lists),
     ``"accuracy", "qwk", "confusion"`` (5x5, rows = reference)``}``.
     """
+    keep = score if callable(score) else (lambda objs: [o for o in objs if o.score is None or o.score >= score])
     from sklearn.metrics import confusion_matrix
 
     by_stem = {r.stem: r for r in predicted}
     ref, pred = [], []
     for r in reference:
         p = by_stem.get(r.stem, r.with_objects([]))
-        p = p.with_objects(o for o in p.objects if o.score is None or o.score >= score)
+        p = p.with_objects(keep(p.objects))
         ref.append(grade(r, config=config).grade)
         pred.append(grade(p, image_size=(r.width, r.height), config=config).grade)
     acc = float(np.mean(np.equal(ref, pred))) if ref else float("nan")

@@ -20,7 +20,7 @@ trains the models and none is set aside for tuning.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,31 @@ class Readout:
         return cls([int(s) for s in d["sizes"]], {k: Block.from_dict(b) for k, b in d["blocks"].items()},
                    {k: [float(c) for c in v] for k, v in d["cuts"].items()},
                    {k: float(v) for k, v in d["thresholds"].items()}, float(d["sensitivity"]))
+
+
+def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequence[Path], sizes: Sequence[int],
+                     preprocessed: bool, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or what ``cache`` (an ``.npz``) holds for the same network digest, photographs, sizes and
+    preprocessing; a new result replaces it. Refitting a readout on new lesion evidence then reads no photograph."""
+    from json import dumps as json_dumps
+
+    from lesiondet.fileio import atomic_path
+    from lesiondet.weights import sha256
+
+    if cache is None:
+        return compute()
+    key = json_dumps({"weights": sha256(weights), "images": [str(p) for p in paths], "sizes": list(sizes),
+                      "preprocessed": preprocessed})
+    cache = Path(cache)
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                return z["E"]
+    E = compute()
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, E=E, key=np.array(key))
+    return E
 
 
 def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[int], preprocessed: bool = False,

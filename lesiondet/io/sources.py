@@ -69,20 +69,28 @@ def read_sources(sources: Sequence[Source], images: str | Path | None = None
     annotated: dict[str, list[str]] = {}
     classes: list[str] = []
     aliases: dict[str, str] = {}
+    partial: dict[str, tuple[str, ...]] = {}
     for s in sources:
         lm = s.label_map()
         recs = read_voc_dir(s.voc, lm, images, source=s.name)
         present = present_labels(recs)
-        if s.explicit:
-            own = list(lm.classes)
-        else:
-            own = [c for c in lm.classes if c in present]
+        if not s.explicit and present:
+            lm = lm.restrict(present)
+        # A partial label's members count as annotated: an unboxed region of a CODRAS photograph is
+        # neither a haemorrhage nor a microaneurysm.
+        own = list(lm.classes) if s.explicit or present else []
         annotated[s.name] = own
         classes += [c for c in own if c not in classes]
-        aliases.update({a: t for a, t in lm.aliases.items() if t in own and a not in aliases})
+        for p, members in lm.partial.items():
+            if partial.setdefault(p, members) != members:
+                raise LesiondetError(s.voc, f"partial label '{p}' has members {list(members)} here but "
+                                     f"{list(partial[p])} in another source", "declare it the same way everywhere")
+        aliases.update({a: t for a, t in lm.aliases.items() if (t in own or t in lm.partial) and a not in aliases})
         records += recs
     if not classes:
         raise LesiondetError(sources[0].voc, "no annotated object uses any class of the label map",
                              "check the <name> tags or pass --labels")
-    union = LabelMap(tuple(classes), aliases, source="+".join(names))
+    partial = {p: m for p, m in partial.items() if all(c in classes for c in m)}  # a source without those boxes
+    aliases = {a: t for a, t in aliases.items() if t in classes or t in partial}
+    union = LabelMap(tuple(classes), aliases, source="+".join(names), partial=partial)
     return records, union, annotated

@@ -92,6 +92,8 @@ def flags_for(record: VocRecord, g: Grade | None, final: dict[str, Any] | None =
         flags.append("Ungradable: " + "; ".join(final["quality"]["reasons"]) + ".")
     elif final is not None and final.get("referable"):
         flags.append(f"Referable: grade {final['grade']} ({final['grade_name']}) or maculopathy suspected.")
+    if final is not None and (final.get("rule_grade") or {}).get("disagreement"):
+        flags.append(f"Lesions and grade disagree: {final['rule_grade']['disagreement']}.")
     if g is not None:
         if g.dme_suspect:
             flags.append("Possible diabetic macular oedema: hard exudates near the fovea.")
@@ -132,7 +134,7 @@ def image_section(index: int, name: str, view_uri: str, record: VocRecord, g: Gr
     if g is not None:
         reasons = "".join(f"<li>{_e(r)}</li>" for r in g.reasons)
         limits = "".join(f"<li>{_e(r)}</li>" for r in g.limitations)
-        rule = "Rule grade from the lesions" if final is not None else "Grade"
+        rule = "The lesions' account (rule grade)" if final is not None else "Grade"
         grade_html = ((final_grade_html(final) if final is not None else "")
                       + f"<p class='grade grade-{g.grade}'><b>{rule} {g.grade}</b>: {_e(g.grade_name)}</p>"
                       f"<ul class=reasons>{reasons}</ul><p class=meta>Cannot assess:</p><ul class=meta>{limits}</ul>")
@@ -157,7 +159,8 @@ class ReportWriter:
     """
 
     def __init__(self, path: str | Path, classes: Sequence[str], title: str = "lesiondet report",
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, table: str | None = None) -> None:
+        self.table = table  # a CSV beside the report listing every image (the worklist), linked from the top
         self.path = Path(path)
         self.classes = list(classes)
         self.title = title
@@ -215,6 +218,8 @@ class ReportWriter:
                 f"<style>{_STYLE % {'thumb': THUMB_PX}}</style></head><body><a id=top></a>"
                 f"<h1>{_e(self.title)}</h1><p class=meta>{self.n} image(s) · {grades} · "
                 f"{len(self._failures)} failed · written {datetime.now():%Y-%m-%d %H:%M}</p><ul class=meta>{meta}</ul>"
+                + (f"<p class=meta>Every photograph, one row each, to import: <a href='{_e(self.table)}'>"
+                   f"{_e(self.table)}</a></p>" if self.table else "") +
                 f"<p class=legend>{legend}</p>{fails}<h2>Summary</h2><p class=meta>Click a column to sort.</p>"
                 f"<table id=summary><thead><tr><th>image</th><th>grade</th><th>severity</th>"
                 + "".join(f"<th>{_e(c)}</th>" for c in self.classes)

@@ -77,7 +77,7 @@ def test_detect_grade_with_an_image_model_gives_one_final_grade_per_photograph(t
             "gradable", "quality"} <= set(g)
     assert g["grade_source"] in ("cnn", "cnn+lesions") and g["grade"] in range(5)
     html = (out / "report.html").read_text()
-    assert "Rule grade from the lesions" in html and "from: cnn" in html
+    assert "The lesions' account (rule grade)" in html and "from: cnn" in html
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -96,3 +96,28 @@ def test_raw_photographs_get_ben_graham_even_for_a_network_pre_trained_on_proces
     assert np.array_equal(seen[0], ben_graham(img, 64).astype(float).ravel())
     as_is = embed_photographs(Network(), [path], [64], preprocessed=True)
     assert not np.array_equal(as_is, seen)
+
+
+def test_grader_fit_reuses_cached_features_only_for_the_same_network_and_photographs(tmp_path):
+    import numpy as np
+
+    from lesiondet.grading.readout import cached_features
+
+    w1, w2 = tmp_path / "a.pt", tmp_path / "b.pt"
+    w1.write_bytes(b"network one")
+    w2.write_bytes(b"network two")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(6.0).reshape(2, 3) + len(calls)
+
+    cache = tmp_path / "f.npz"
+    paths = [tmp_path / "x.jpg", tmp_path / "y.jpg"]
+    first = cached_features(cache, w1, paths, [224], False, compute)
+    again = cached_features(cache, w1, paths, [224], False, compute)
+    assert len(calls) == 1 and np.array_equal(first, again)
+    cached_features(cache, w2, paths, [224], False, compute)           # another network
+    cached_features(cache, w2, paths[:1], [224], False, compute)       # other photographs
+    cached_features(cache, w2, paths[:1], [224, 384], False, compute)  # other sizes
+    assert len(calls) == 4

@@ -10,16 +10,16 @@ from lesiondet.io.voc import read_voc_dir
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 
 
-@pytest.mark.parametrize("name,n_images,classes", [
-    ("codras", 484, ("OD", "EX", "HE_MA")),
+@pytest.mark.parametrize("name,min_images,classes", [
+    ("codras", 484, ("OD", "EX", "HE_MA")),  # HE_MA is a partial label: the model's classes are HE and MA
     ("heimed", 136, ("EX", "MA", "HE", "SE")),
-    ("idrid", 15, ("MA", "HE", "EX", "SE", "OD")),
+    ("idrid", 49, ("MA", "HE", "EX", "SE", "OD")),
 ])
-def test_shared_dataset_reads_and_scores_perfectly_against_itself(shared_data, name, n_images, classes):
+def test_shared_dataset_reads_and_scores_perfectly_against_itself(shared_data, name, min_images, classes):
     lm = load_label_map(CONFIGS / f"{name}.yaml")
-    assert lm.classes == classes
+    assert tuple(lm.scored_names()) == classes
     recs = read_voc_dir(shared_data / "fundus" / name, lm)
-    assert len(recs) == n_images
+    assert len(recs) >= min_images
     assert all(r.image_path.is_file() for r in recs)
     assert all(0 <= o.box[0] < o.box[2] <= r.width and 0 <= o.box[1] < o.box[3] <= r.height
                for r in recs for o in r.objects)

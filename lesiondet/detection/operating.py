@@ -1,0 +1,180 @@
+"""What a detection run reports: per-class score thresholds (the operating point) and the anatomy rules.
+
+A Faster R-CNN returns candidates down to a score of 0.001; what a clinician sees, counts and
+grades are the candidates above a threshold. One threshold for five classes is wrong for all
+of them (a 0.3 microaneurysm and a 0.3 optic disc mean different things), so a checkpoint can
+store one threshold per class with the purpose they were chosen for (``OperatingPoint``).
+``detect`` uses it unless ``--score`` gives one number for every class, and writes which was used.
+
+The anatomy rules (``apply_anatomy``) make the boxes agree with the eye: a photograph has at most
+one optic disc (the best-scoring candidate), and a lesion box centred on the disc is dropped
+(the disc's bright rim and vessel crossings are the detector's commonest false exudates and
+haemorrhages; DR's lesions are retinal, not on the disc).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from lesiondet.errors import LesiondetError
+from lesiondet.io.voc import VocObject, VocRecord
+
+#: The score every class used before checkpoints stored an operating point.
+DEFAULT_SCORE = 0.3
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A score threshold per class and why they were chosen; classes not listed use ``default``."""
+
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    purpose: str = f"one score ({DEFAULT_SCORE}) for every class: the checkpoint stores no operating point"
+    default: float = DEFAULT_SCORE
+
+    def threshold(self, label: str) -> float:
+        return float(self.thresholds.get(label, self.default))
+
+    @property
+    def lowest(self) -> float:
+        return min([self.default, *map(float, self.thresholds.values())])
+
+    def keep(self, objects: Iterable[VocObject]) -> list[VocObject]:
+        """The objects at or above their class's threshold (ground truth, without a score, always)."""
+        return [o for o in objects if o.score is None or o.score >= self.threshold(o.label)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": {k: round(float(v), 4) for k, v in self.thresholds.items()},
+                "default": self.default, "purpose": self.purpose}
+
+    @classmethod
+    def uniform(cls, score: float, why: str = "") -> "OperatingPoint":
+        return cls({}, why or f"--score {score:g} for every class", float(score))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "checkpoint") -> "OperatingPoint":
+        if not d:
+            return cls()
+        try:
+            thresholds = {str(k): float(v) for k, v in dict(d["thresholds"]).items()}
+            return cls(thresholds, str(d.get("purpose", "")), float(d.get("default", DEFAULT_SCORE)))
+        except (KeyError, TypeError, ValueError):
+            raise LesiondetError(source, "its operating point is malformed (need 'thresholds: {class: score}')",
+                                 "store it again with 'lesiondet calibrate'") from None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any], path: str = "checkpoint") -> "OperatingPoint":
+        return cls.from_dict(ckpt.get("operating_point"), path)
+
+
+@dataclass(frozen=True)
+class DiscCheck:
+    """What the one-disc rule decided for a photograph (the ``optic_disc`` object of the JSON)."""
+
+    found: bool
+    score: float | None
+    candidates: int       # OD boxes the network returned, at any score
+    threshold: float
+    lesions_on_disc: int  # lesion boxes dropped because their centre lies on the disc
+
+    def to_dict(self) -> dict[str, Any]:
+        rule = (f"at most one optic disc per photograph: the best-scoring of {self.candidates} candidate(s), "
+                f"reported when it scores at least {self.threshold:.2f}")
+        d: dict[str, Any] = {"found": self.found, "score": None if self.score is None else round(self.score, 4),
+                             "candidates": self.candidates, "rule": rule}
+        if not self.found:
+            d["reason"] = ("no optic-disc candidate" if self.candidates == 0 else
+                           f"the best candidate scored {self.score:.2f}, below {self.threshold:.2f}")
+            d["anatomy"] = "fovea and quadrants fall back to the image centre"
+        d["lesions_on_disc_dropped"] = self.lesions_on_disc
+        return d
+
+
+def _on_disc(o: VocObject, disc: VocObject, core: float) -> bool:
+    """Whether ``o``'s centre lies in the ellipse inscribed in ``disc``'s box, scaled by ``core``."""
+    cx, cy = (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
+    dx, dy = (disc.box[0] + disc.box[2]) / 2, (disc.box[1] + disc.box[3]) / 2
+    rx, ry = max(disc.width * core / 2, 1e-6), max(disc.height * core / 2, 1e-6)
+    return ((cx - dx) / rx) ** 2 + ((cy - dy) / ry) ** 2 <= 1.0
+
+
+def apply_anatomy(objects: Sequence[VocObject], op: OperatingPoint, disc_core: float = 0.8
+                  ) -> tuple[list[VocObject], DiscCheck]:
+    """At most one optic disc, and no lesion centred on it; returns the objects kept and the decision.
+
+    Every OD candidate but the best-scoring one is dropped, whatever the display threshold (a
+    second disc is never right). When that disc clears its class's threshold, lesion boxes whose
+    centre lies inside its core (``disc_core`` of its inscribed ellipse; 0 turns this off) are
+    dropped too. Objects without a score (ground truth) are left alone.
+    """
+    discs = [o for o in objects if o.label == "OD" and o.score is not None]
+    best = max(discs, key=lambda o: o.score) if discs else None
+    t = op.threshold("OD")
+    found = best is not None and best.score >= t
+    kept, dropped = [], 0
+    for o in objects:
+        if o.label == "OD" and o.score is not None and o is not best:
+            continue
+        if found and disc_core > 0 and o.label != "OD" and o.score is not None and _on_disc(o, best, disc_core):
+            dropped += 1
+            continue
+        kept.append(o)
+    return kept, DiscCheck(found, None if best is None else float(best.score), len(discs), t, dropped)
+
+
+
+
+def threshold_at_fp(gt: Sequence[VocRecord], preds: Sequence[VocRecord], cls: str, fp_per_image: float) -> float:
+    """The lowest score at which ``cls`` makes at most ``fp_per_image`` false positives per image.
+
+    Read off the class's FROC curve (``metrics.froc_curve``) on annotated validation images.
+    1.0 when the class has no detection within the budget.
+    """
+    from lesiondet.detection.metrics import froc_curve
+
+    scores, fps, _, _ = froc_curve(gt, preds, cls)
+    within = np.flatnonzero(fps <= fp_per_image * len(gt))
+    last = int(within[-1])
+    if last + 1 < len(scores) and scores[last + 1] == scores[last]:  # a tie across the budget: stay above it
+        return float(np.nextafter(scores[last], np.inf))
+    return 1.0 if last == 0 else float(scores[last])
+
+
+def calibrated(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
+               partial: Mapping[str, Sequence[str]], fp_per_image: Mapping[str, float] | float,
+               what: str) -> OperatingPoint:
+    """Per-class thresholds at a false-positive budget per image, from validation images and low-score predictions.
+
+    A partial label of the ground truth (``HE_MA``) is scored merged (``metrics.merge_partial``) and its
+    threshold given to each member. Classes without ground truth keep the default.
+    """
+    from lesiondet.detection.metrics import merge_partial
+
+    merged_preds, names, merged = merge_partial(gt, preds, classes, partial)
+    present = {o.label for r in gt for o in r.objects}
+    budget = (lambda c: float(fp_per_image.get(c, fp_per_image.get("*", 1.0)))) if isinstance(fp_per_image, Mapping) \
+        else (lambda c: float(fp_per_image))
+    thresholds: dict[str, float] = {}
+    for name in names:
+        if name in present:
+            t = threshold_at_fp(gt, merged_preds, name, budget(name))
+            thresholds.update({m: t for m in merged.get(name, [name])})
+    rates = ", ".join(sorted({f"{budget(n):g}" for n in names if n in present}))
+    return OperatingPoint(thresholds, f"per class, the score at which it makes {rates} false positive(s) per image "
+                          f"on {what} ({len(gt)} annotated photographs; FROC, centre-or-IoU-0.2 hits)")
+
+
+def with_operating_point(weights: str | Path, op: OperatingPoint, out: str | Path) -> Path:
+    """A copy of a detector checkpoint (``.pt``) that carries ``op``; written atomically."""
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(weights)
+    unknown = [c for c in op.thresholds if c not in ckpt["classes"]]
+    if unknown:
+        raise LesiondetError(weights, f"thresholds for classes the model does not have: {', '.join(unknown)}",
+                             f"use its classes: {', '.join(ckpt['classes'])}")
+    ckpt["operating_point"] = op.to_dict()
+    save_checkpoint(out, ckpt)
+    return Path(out)

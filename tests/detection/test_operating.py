@@ -1,0 +1,86 @@
+"""What detect reports: per-class thresholds (the operating point) and the anatomy rules."""
+from pathlib import Path
+
+import pytest
+
+from lesiondet.detection.operating import (
+    DEFAULT_SCORE,
+    OperatingPoint,
+    apply_anatomy,
+    calibrated,
+    threshold_at_fp,
+)
+from lesiondet.io.voc import VocObject, VocRecord
+
+OD = VocObject("OD", (100, 100, 200, 200), score=0.9)
+
+
+def test_at_most_one_optic_disc_the_best_scoring():
+    weaker = VocObject("OD", (600, 100, 700, 200), score=0.6)
+    kept, disc = apply_anatomy([weaker, OD, VocObject("OD", (300, 300, 360, 360), score=0.4)], OperatingPoint())
+    assert [o for o in kept if o.label == "OD"] == [OD]
+    assert disc.found and disc.candidates == 3 and disc.score == pytest.approx(0.9)
+    assert disc.to_dict()["found"] is True
+
+
+def test_a_disc_below_its_threshold_is_reported_as_none_and_says_why():
+    op = OperatingPoint({"OD": 0.95})
+    kept, disc = apply_anatomy([OD], op)
+    assert not disc.found
+    assert "below 0.95" in disc.to_dict()["reason"]
+    assert op.keep(kept) == []  # the candidate is not drawn either
+
+
+def test_no_disc_candidate_at_all():
+    _, disc = apply_anatomy([VocObject("EX", (5, 5, 9, 9), score=0.9)], OperatingPoint())
+    assert not disc.found and disc.to_dict()["reason"] == "no optic-disc candidate"
+
+
+def test_lesions_centred_on_the_disc_are_dropped_and_counted():
+    on = VocObject("EX", (145, 145, 155, 155), score=0.9)      # the disc's centre
+    rim = VocObject("HE", (101, 101, 105, 105), score=0.9)     # a corner of the box, outside the ellipse
+    away = VocObject("MA", (400, 400, 404, 404), score=0.9)
+    kept, disc = apply_anatomy([OD, on, rim, away], OperatingPoint())
+    assert on not in kept and rim in kept and away in kept
+    assert disc.lesions_on_disc == 1
+    # with the rule off, or without a confident disc, nothing is dropped
+    assert on in apply_anatomy([OD, on], OperatingPoint(), disc_core=0)[0]
+    assert on in apply_anatomy([OD, on], OperatingPoint({"OD": 0.95}))[0]
+
+
+def test_ground_truth_without_scores_is_left_alone():
+    gt = [VocObject("OD", (0, 0, 10, 10)), VocObject("OD", (50, 50, 60, 60))]
+    assert apply_anatomy(gt, OperatingPoint())[0] == gt
+
+
+def test_thresholds_per_class_and_a_default_for_the_rest():
+    op = OperatingPoint({"MA": 0.6, "EX": 0.2}, "test")
+    objs = [VocObject("MA", (0, 0, 1, 1), score=0.5), VocObject("EX", (0, 0, 1, 1), score=0.25),
+            VocObject("SE", (0, 0, 1, 1), score=0.29), VocObject("SE", (0, 0, 1, 1), score=0.31)]
+    assert [(o.label, o.score) for o in op.keep(objs)] == [("EX", 0.25), ("SE", 0.31)]
+    assert op.lowest == 0.2 and OperatingPoint().default == DEFAULT_SCORE
+    assert OperatingPoint.from_dict(op.to_dict()) == op
+
+
+def _rec(name, objs):
+    return VocRecord(Path(f"{name}.jpg"), 100, 100, tuple(objs))
+
+
+def test_the_threshold_at_a_false_positive_budget_is_read_off_the_froc_curve():
+    gt = [_rec("a", [VocObject("MA", (10, 10, 14, 14))]), _rec("b", [VocObject("MA", (50, 50, 54, 54))])]
+    preds = [_rec("a", [VocObject("MA", (10, 10, 14, 14), score=0.9), VocObject("MA", (80, 80, 84, 84), score=0.7)]),
+             _rec("b", [VocObject("MA", (30, 30, 34, 34), score=0.6), VocObject("MA", (50, 50, 54, 54), score=0.5)])]
+    # best first: TP 0.9, FP 0.7, FP 0.6, TP 0.5 over 2 images
+    assert threshold_at_fp(gt, preds, "MA", 0.0) == pytest.approx(0.9)   # no false positive allowed
+    assert threshold_at_fp(gt, preds, "MA", 0.5) == pytest.approx(0.7)   # one in two images
+    assert threshold_at_fp(gt, preds, "MA", 1.0) == pytest.approx(0.5)   # two: the last TP comes in too
+    op = calibrated(gt, preds, ["MA", "OD"], {}, {"*": 0.5}, "a test set")
+    assert op.thresholds == {"MA": pytest.approx(0.7)}  # OD has no ground truth: it keeps the default
+    assert "0.5 false positive(s) per image" in op.purpose
+
+
+def test_a_partial_labels_threshold_goes_to_each_member():
+    gt = [_rec("a", [VocObject("HE_MA", (10, 10, 14, 14))])]
+    preds = [_rec("a", [VocObject("HE", (10, 10, 14, 14), score=0.8), VocObject("MA", (60, 60, 64, 64), score=0.4)])]
+    op = calibrated(gt, preds, ["HE", "MA"], {"HE_MA": ("HE", "MA")}, 0.0, "x")
+    assert op.thresholds == {"HE": pytest.approx(0.8), "MA": pytest.approx(0.8)}
