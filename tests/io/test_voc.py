@@ -39,10 +39,11 @@ def test_aliases_map_to_canonical_classes(voc_dir, name, expected):
     assert parse_voc(voc_dir([(name, 1, 1, 5, 5)]), LM).objects[0].label == expected
 
 
-def test_merged_class_stays_its_own_class(shared_data):
+def test_a_merged_label_is_partial_and_its_members_are_the_classes(shared_data):
     lm = load_label_map(Path(__file__).parents[2] / "configs/datasets/codras.yaml")
-    assert lm.classes == ("OD", "EX", "HE_MA")
-    assert lm.resolve("haemorrhage") == "HE_MA"
+    assert lm.classes == ("OD", "EX", "HE", "MA")
+    assert lm.partial == {"HE_MA": ("HE", "MA")}
+    assert lm.resolve("haemorrhage") == "HE_MA"  # the box keeps what the annotator said
 
 
 def test_image_without_objects_is_a_negative(voc_dir):
