@@ -2,6 +2,7 @@
 
     python benchmarks/default_detector.py --minutes 60            # split, train, evaluate
     python benchmarks/default_detector.py --eval-only              # score an existing run
+    python benchmarks/default_detector.py --resume --minutes 120   # continue train/last.pt to 120 min in all
     python benchmarks/default_detector.py --ship [--ship-from X]   # fp16 copy into lesiondet/weights/
 
 The three shared lesion sets (CODRAS, HEI-MED, IDRiD) are split 80/20 with seed 0, as
@@ -55,6 +56,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue train/last.pt; --minutes is then the whole run's budget (the cosine restarts "
+                         "from where the clock stands against the new budget, a warm restart)")
     ap.add_argument("--ship", action="store_true", help="write the fp16 package copy of the run's best.pt")
     ap.add_argument("--ship-from", type=Path, help="ship this checkpoint instead (e.g. the copy with the operating "
                                                   "point that benchmarks/operating_point.py --store writes)")
@@ -68,7 +72,10 @@ def main() -> int:
 
         print(ship_checkpoint(a.ship_from or weights, ROOT / "lesiondet" / "weights" / "detector.pt"))
         return 0
-    if not a.eval_only:
+    if a.resume:
+        lesiondet("train", "--resume", str(RUN / "train" / "last.pt"), "--time-limit", str(a.minutes),
+                  "--device", a.device)
+    elif not a.eval_only:
         args = ["train"]
         for tr, _ in yamls.values():
             args += ["--voc", str(tr)]

@@ -116,15 +116,21 @@ def cnn_copy(weights: Path) -> Path:
     return dst
 
 
-def embeddings(cnn: Path, items, sizes: list[int]) -> np.ndarray:
+def embeddings(cnn: Path, items, sizes: list[int], tta: bool = True) -> np.ndarray:
     """Multi-scale features of every graded photograph, cached (``features.npz``) for the network's digest;
     ``--ship``'s ``grader fit`` reads the same cache."""
     from lesiondet.grading.cnn import GraderCNN
     from lesiondet.grading.readout import cached_features, embed_photographs
 
     paths = [i.path for i in items]
-    return cached_features(RUN / "features.npz", cnn, paths, sizes, False,
-                           lambda: embed_photographs(GraderCNN(cnn, "cpu"), paths, sizes, progress=True))
+    return cached_features(features_cache(tta), cnn, paths, sizes, False,
+                           lambda: embed_photographs(GraderCNN(cnn, "cpu", backend="auto"), paths, sizes, progress=True,
+                                                     tta=tta),
+                           tta)
+
+
+def features_cache(tta: bool) -> Path:
+    return RUN / ("features.npz" if tta else "features_no_mirrors.npz")
 
 
 def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes: float, k: int = 5
@@ -141,7 +147,8 @@ def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes
     rules = [Grade.from_dict(dets[i.path.stem]) for i in items]
     X = np.stack([features(g) for g in rules])
     sizes = [int(s) for s in cfg["readout_sizes"]]
-    E = embeddings(cnn, items, sizes)
+    tta = bool(cfg["readout_mirrors"])
+    E = embeddings(cnn, items, sizes, tta)
     names = ["rules", "ordinal", "cnn", "cnn+lesions"] + (["finetuned"] if finetune_minutes else [])
     oof: dict[str, list] = {n: [None] * len(items) for n in names}
     for f, (tr, te) in enumerate(group_folds([i.patient for i in items], [i.grade for i in items], k, 0)):
@@ -158,7 +165,7 @@ def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes
         # the readout: fitted (and its cut points tuned, out of fold) on the training folds only
         tr_items = [items[i] for i in tr]
         readout, _ = fit_readout(E[tr], X[tr], [i.grade for i in tr_items], [i.referable for i in tr_items],
-                                 [i.maculopathy for i in tr_items], [i.patient for i in tr_items], sizes, cfg)
+                                 [i.maculopathy for i in tr_items], [i.patient for i in tr_items], sizes, cfg, tta)
         for name, L in (("cnn", None), ("cnn+lesions", X[te])):
             d = readout.predict(E[te], L)
             for j, i in enumerate(te):
@@ -181,11 +188,14 @@ def ship_grader(cnn: Path, config: Path | None) -> dict[str, Any]:
     from lesiondet import api
     from lesiondet.weights import GRADER, HERE, ship_checkpoint
 
+    from lesiondet.config import load_section
+
+    cache = features_cache(bool(load_section("grader", config, "", "")["readout_mirrors"]))
     print(f"+ lesiondet grader fit --data {SRAHIM} --weights {cnn} --lesions {LESIONS or RUN / 'detect'} "
-          f"--out {RUN / 'ship'} --features-cache {RUN / 'features.npz'}", flush=True)
+          f"--out {RUN / 'ship'} --features-cache {cache}" + (f" --config {config}" if config else ""), flush=True)
     lesions = LESIONS or RUN / "detect"
     r = api.grader_fit(SRAHIM, cnn, lesions=lesions, config=config, out=RUN / "ship", device="cpu", log=print,
-                       features_cache=RUN / "features.npz")
+                       features_cache=cache)
     return ship_checkpoint(r["weights"], HERE / GRADER)
 
 

@@ -69,10 +69,8 @@ def rule_grade(c: dict, op, disc_core: float = 0.8):
     """The rule grade ``detect --grade`` gives this photograph at operating point ``op`` (same rules, same order)."""
     from lesiondet.detection.operating import apply_anatomy
     from lesiondet.grading.rules import grade
-    from lesiondet.io.voc import VocObject, VocRecord
+    from lesiondet.io.voc import VocRecord
 
-    if "objs" not in c:  # built once per photograph: tuning grades each one hundreds of times
-        c["objs"] = [VocObject(lab, tuple(box), False, s) for lab, box, s in c["objects"]]
     kept, _ = apply_anatomy(c["objs"], op, disc_core)
     rec = VocRecord(Path(c.get("image", "x.jpg")), c["width"], c["height"], tuple(op.keep(kept)))
     return grade(rec, fov_area_px=c["fov"])
@@ -116,7 +114,12 @@ def main() -> int:
     RUN.mkdir(parents=True, exist_ok=True)
     items = read_grading_csv(SRAHIM)
     cands = candidates(a.detector, items)
-    C = [{**cands[i.path.stem], "image": str(i.path)} for i in items]
+    from lesiondet.io.voc import VocObject
+
+    # the boxes as objects once per photograph: tuning grades each photograph hundreds of times
+    C = [{**cands[i.path.stem], "image": str(i.path),
+          "objs": [VocObject(lab, tuple(box), False, s) for lab, box, s in cands[i.path.stem]["objects"]]}
+         for i in items]
     y = np.array([i.grade for i in items])
 
     od_file = RUN / "od.json"

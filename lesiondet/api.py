@@ -107,9 +107,11 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
     if n_sources > 1:
         log("classes each source annotates (others are masked out of its loss): "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in annotated.items()))
+    from lesiondet.reporting.plots import plot_best_pr
+
     return train_detector(train_records, val_records, label_map, cfg, run_dir, dev, resume=resume,
                           time_limit_min=time_limit, log=log, annotated=annotated if n_sources > 1 else None,
-                          trust_legacy=trust_legacy)
+                          trust_legacy=trust_legacy, on_best=plot_best_pr)
 
 
 def _training_data(cfg: dict[str, Any], resumed_label_map: dict | None, resume: str | Path | None):
@@ -152,7 +154,8 @@ def _shared_run_dir(out: str | Path, device) -> Path:
 def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, score: float | None = None,
            out: str | Path = "runs/detect", exist_ok: bool = False, grade: bool = False,
            grading: str | Path | None = None, grader: str | Path | None = None, report: bool = False,
-           device: str = "auto", trust_legacy: bool = False, resume: bool = False, **tiling: Any):
+           device: str = "auto", trust_legacy: bool = False, resume: bool = False, backend: str = "auto",
+           **tiling: Any):
     """Detect lesions in image files and folders; returns the ``DetectRun`` (records, grades, finals, failures).
 
     ``weights`` defaults to the shipped detector; ``score`` None reports each class at the checkpoint's operating
@@ -161,6 +164,7 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     the lesion rules alone) together with the lesion evidence (``grading.combined``).
     ``tiling`` overrides the checkpoint's slicing (``tile=``, ``overlap=``, ``merge=``, ``slice=``, ``tta=`` ...).
     Every run writes the worklist ``out/summary.csv``; ``resume`` continues a killed run in ``out`` itself.
+    ``backend`` says what runs both networks (``export.runtime``: ``auto`` is onnxruntime on the CPU).
     """
     from lesiondet.pipeline.screening import detect_files
     from lesiondet.detection.predict import Predictor
@@ -168,14 +172,15 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     from lesiondet.weights import default_detector
 
     paths = collect_images(images)
-    predictor = Predictor(weights or default_detector(), device, score, trust_legacy=trust_legacy, **tiling)
+    predictor = Predictor(weights or default_detector(), device, score, trust_legacy=trust_legacy, backend=backend,
+                          **tiling)
     grading_cfg = GradingConfig.load(grading) if (grade or report) else None
     image_model = None
     if grade and not (isinstance(grader, str) and grader.lower() == "none"):
         from lesiondet.grading.cnn import GraderCNN
         from lesiondet.weights import default_grader
 
-        image_model = GraderCNN(grader or default_grader(), device)
+        image_model = GraderCNN(grader or default_grader(), device, backend=backend)
     out = Path(out)
     if exist_ok or resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -493,8 +498,10 @@ def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_sp
 
 
 def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, out: str | Path = "runs/oct-seg",
-                        json: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
-    """Per scan: mask PNG, overlay PNG and a JSON (fluid area, fraction, regions) in a numbered ``out``."""
+                        json: str | Path | None = None, device: str = "auto",
+                        spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    """Per scan: mask PNG, overlay PNG and a JSON (fluid area, fraction, regions; mm² with ``spacing``,
+    µm per pixel across and in depth) in a numbered ``out``."""
     from lesiondet.fileio import write_json
     from lesiondet.oct.classify import read_scan
     from lesiondet.oct.segment import FluidSegmenter, fluid_summary, overlay
@@ -506,7 +513,7 @@ def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, ou
     docs, failures = [], []
     for p, img in _readable(paths, read_scan, failures):
         m = seg.mask(img)
-        doc = {"image": str(p), **fluid_summary(m)}
+        doc = {"image": str(p), **fluid_summary(m, spacing)}
         write_png(run_dir / f"{p.stem}_mask.png", (m * 255).astype("uint8"))
         write_png(run_dir / f"{p.stem}_overlay.png", overlay(img, m))
         write_json(run_dir / f"{p.stem}.json", doc)
@@ -517,8 +524,12 @@ def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, ou
 
 
 def oct_segment_evaluate(data: str | Path, weights: str | Path, *, json: str | Path | None = None,
-                         out: str | Path = "runs/oct-seg-eval", device: str = "auto") -> dict[str, Any]:
-    """Pooled Dice, IoU, pixel accuracy and per-scan Dice at each scan's own size; overlay grid and area scatter."""
+                         out: str | Path = "runs/oct-seg-eval", device: str = "auto",
+                         spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    """Pooled Dice, IoU, pixel accuracy and per-scan Dice at each scan's own size; overlay grid and area scatter.
+
+    ``spacing`` (µm per pixel across and in depth, e.g. ``(11.3, 3.9)`` for Duke's Spectralis scans) adds
+    each scan's fluid area in mm² and its absolute error (``oct.segment.segmentation_metrics``)."""
     import numpy as np
 
     from lesiondet.fileio import write_json
@@ -546,7 +557,7 @@ def oct_segment_evaluate(data: str | Path, weights: str | Path, *, json: str | P
         rows.append({"image": str(s.image), "subject": s.subject, "dice": dice_of(*c[:3]),
                      "fluid_px_true": int(truth.sum()), "fluid_px_pred": int(pred.sum())})
         panels.append((f"{s.image.name}: Dice {rows[-1]['dice']:.2f}", overlay(img, pred, truth)))
-    m = segmentation_metrics(rows, sums)
+    m = segmentation_metrics(rows, sums, spacing)
     run_dir = next_run_dir(Path(out).parent, Path(out).name)
     order = sorted(range(len(panels)), key=lambda i: rows[i]["dice"])
     pick = [order[int(round(q * (len(order) - 1)))] for q in np.linspace(0, 1, min(9, len(order)))]
@@ -626,16 +637,18 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     L = (read_lesion_features(lesions, [i.path for i in items], GradingConfig.load(grading).merged_as_he)
          if lesions else None)
     g = GraderCNN(weights, device)
-    sizes = [int(s) for s in cfg["readout_sizes"]]
+    sizes, tta = [int(s) for s in cfg["readout_sizes"]], bool(cfg["readout_mirrors"])
     log(f"grader fit: features of {len(items)} photographs from {len({i.patient for i in items})} patients at "
-        f"{', '.join(map(str, sizes))} px" + (", with the lesion evidence" if L is not None else ""))
+        f"{', '.join(map(str, sizes))} px" + (" and their mirrors" if tta else "")
+        + (", with the lesion evidence" if L is not None else ""))
     E = cached_features(features_cache, weights, [i.path for i in items], sizes, preprocessed,
-                         lambda: embed_photographs(g, [i.path for i in items], sizes, preprocessed, progress=True))
+                         lambda: embed_photographs(g, [i.path for i in items], sizes, preprocessed, progress=True,
+                                                   tta=tta), tta)
     readout, oof = fit_readout(E, L, [i.grade for i in items], [i.referable for i in items],
-                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg)
+                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg, tta)
     y = [i.grade for i in items]
     report: dict[str, Any] = {"n": len(items), "patients": len({i.patient for i in items}), "sizes": sizes,
-                              "lesions": L is not None, "out_of_fold": {}}
+                              "mirrors": tta, "lesions": L is not None, "out_of_fold": {}}
     for v, o in oof.items():
         report["out_of_fold"][v] = grading_metrics(
             y, o["grade"], referable_true=[i.referable for i in items], referable_called=o["referable"],

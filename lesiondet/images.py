@@ -90,3 +90,20 @@ def list_images(folder: str | Path) -> list[Path]:
     if not found:
         raise LesiondetError(folder, "no images (.jpg, .png, .tif, .bmp) in this folder", "point at image files")
     return found
+
+
+def fov_mask(img: np.ndarray, threshold: int = 20) -> np.ndarray:
+    """Boolean mask of the illuminated field of view (the bright disc on black).
+
+    Thresholds the blurred red channel, which stays bright across the retina,
+    and keeps the largest connected region.
+    """
+    import cv2
+
+    red = cv2.GaussianBlur(img[..., 0], (0, 0), max(1.0, img.shape[1] / 500))
+    mask = (red > threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return np.ones(img.shape[:2], bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == largest

@@ -61,6 +61,20 @@ def _run_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory):
+    """ONNX copies made on first use (``export.runtime``) go to a fresh cache, never the user's."""
+    import os
+
+    old = os.environ.get("LESIONDET_CACHE")
+    os.environ["LESIONDET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LESIONDET_CACHE", None)
+    else:
+        os.environ["LESIONDET_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED / "fundus").is_dir():

@@ -51,3 +51,13 @@ def test_detect_grade_works_out_of_the_box_with_the_shipped_models(shared_data, 
     assert main(["detect", str(img), "--grade", "--out", str(tmp_path / "d")]) == 0
     g = json.loads((tmp_path / "d" / "Patient002_L.json").read_text())["grade"]
     assert g["grade_source"] in ("cnn", "cnn+lesions") and g["gradable"] and g["grade"] in range(5)
+
+
+def test_the_shipped_detector_reports_the_users_classes_at_its_stored_operating_point():
+    from lesiondet.detection.predict import Predictor
+
+    p = Predictor(weights.default_detector(), "cpu")
+    assert sorted(p.classes) == ["EX", "HE", "MA", "OD", "SE"]  # no set's merged label among the outputs
+    op = p.stored_operating_point
+    assert set(op.thresholds) == {"MA", "HE", "EX", "SE", "OD"} and "srahim" in op.purpose
+    assert p.operating_point == op  # detect's default

@@ -18,6 +18,9 @@ def add(sub) -> None:
     d.add_argument("--resume", action="store_true",
                    help="continue a killed run in --out: photographs its summary.csv lists are kept, the rest done")
     d.add_argument("--device", default="auto")
+    d.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="what runs the networks: auto (onnxruntime on the CPU when installed, from an ONNX copy "
+                        "made once into ~/.cache/lesiondet or $LESIONDET_CACHE; else PyTorch), torch or onnx")
     d.add_argument("--grade", action="store_true",
                    help="grade each photograph (ICDR 0-4, referable): imageability check, image model and lesions")
     d.add_argument("--grader", metavar="W",
@@ -37,7 +40,7 @@ def run(a: argparse.Namespace) -> int:
 
     r = api.detect(a.images, a.weights, score=a.score, out=a.out, exist_ok=a.exist_ok, grade=a.grade,
                    grading=a.grading, grader=a.grader, report=a.report, device=a.device,
-                   trust_legacy=a.trust_legacy, resume=a.resume, **tiling_overrides(a))
+                   trust_legacy=a.trust_legacy, resume=a.resume, backend=a.backend, **tiling_overrides(a))
     print(count_table(r, r.classes))
     if a.grade:
         for rec, g, final in zip(r.records, r.grades, r.finals):

@@ -11,7 +11,7 @@ import torch
 
 from lesiondet.detection.data import fit_to, to_tensor
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections
-from lesiondet.detection.model import detector_from_checkpoint
+from lesiondet.detection.model import CHECKPOINT_FORMAT, detector_from_checkpoint
 from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy
 from lesiondet.detection.slicing import (
     big_enough,
@@ -260,6 +260,10 @@ def checkpoint_tiling(ckpt: Mapping[str, Any], **overrides: Any) -> dict[str, An
 class Predictor:
     """Load a checkpoint (``.pt``) or an exported network (``.onnx``) once, then detect lesions in images.
 
+    ``backend`` runs a ``.pt`` checkpoint on PyTorch (``"torch"``), on onnxruntime from an ONNX copy
+    cached on first use (``"onnx"``), or on onnxruntime whenever the device is the CPU and it is
+    installed (``"auto"``, what ``lesiondet detect`` uses; ``export.runtime``).
+
     Every test-time switch is an argument here: ``score``, and slicing overrides
     (``tile=``, ``overlap=``, ``slice=``, ``merge=``, ``nested_ios=``, ``tta=``). The
     network is built for them once; nothing is changed on it afterwards.
@@ -274,8 +278,11 @@ class Predictor:
     """
 
     def __init__(self, weights: str | Path, device: str = "auto", score: float | None = None, *,
-                 trust_legacy: bool = False, threads: int | None = None, **tiling: Any) -> None:
+                 trust_legacy: bool = False, threads: int | None = None, backend: str = "torch",
+                 **tiling: Any) -> None:
         self.weights = Path(weights)
+        #: What runs the network: "torch", or "onnx" (onnxruntime on the CPU; ``export.runtime``).
+        self.backend = "onnx"
         if self.weights.suffix.lower() == ".onnx":
             from lesiondet.export.onnx import EXPORT_SCORE, OnnxDetector
 
@@ -284,10 +291,19 @@ class Predictor:
             ckpt = self.network.meta
             self.classes = list(ckpt["classes"])
         else:
+            from lesiondet.export.runtime import choose_backend
+
             self.device = resolve_device(device)
             ckpt = load_checkpoint(self.weights, trust_legacy=trust_legacy)
-            self.network, self.classes = detector_from_checkpoint(ckpt, str(self.weights), input_size=None)
-            self.network.to(self.device).eval()
+            if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+                detector_from_checkpoint(ckpt, str(self.weights))  # raises the one-line error
+            self.network, self.classes = None, list(ckpt["classes"])
+            if choose_backend(backend, self.device) == "onnx":
+                self.network = self._onnx_copy(backend, trust_legacy, threads)
+            if self.network is None:
+                self.backend = "torch"
+                self.network, self.classes = detector_from_checkpoint(ckpt, str(self.weights), input_size=None)
+                self.network.to(self.device).eval()
         #: The operating point the checkpoint stores (per-class thresholds and why; ``detection.operating``) ...
         self.stored_operating_point = OperatingPoint.from_checkpoint(ckpt, str(self.weights))
         #: ... and the one detections are reported at: that one, or ``score`` for every class.
@@ -303,6 +319,15 @@ class Predictor:
         #: scaled to the tile, a single pass (slice: false) by the zoom.
         self.model = (AtModelScale(self.network, zoom=float(self.tiling["zoom"])) if self.tiling["slice"] is False
                       else AtModelScale(self.network, side=int(self.tiling["tile"])))
+
+    def _onnx_copy(self, backend: str, trust_legacy: bool, threads: int | None) -> Any:
+        """The network from the checkpoint's cached ONNX copy (made on first use), or None to run PyTorch."""
+        from lesiondet.export.onnx import EXPORT_SCORE, OnnxDetector, export
+        from lesiondet.export.runtime import load_or_fall_back
+
+        return load_or_fall_back(self.weights, "detector",
+                                 lambda p: export(self.weights, "onnx", p, trust_legacy=trust_legacy),
+                                 lambda p: OnnxDetector(p, EXPORT_SCORE, threads), backend)
 
     def report(self, objects: list[VocObject]) -> tuple[list[VocObject], DiscCheck]:
         """Raw detections → what is reported (the anatomy rules, then the operating point), and the disc decision."""

@@ -112,7 +112,7 @@ def big_enough(boxes: np.ndarray, min_px: float) -> np.ndarray:
 
 def low_res_fov(img: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, float]:
     """Field-of-view mask at ``max_side`` pixels and the factor from source to mask pixels."""
-    from lesiondet.grading.anatomy import fov_mask
+    from lesiondet.images import fov_mask
 
     h, w = img.shape[:2]
     s = min(1.0, max_side / max(h, w))

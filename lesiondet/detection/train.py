@@ -27,7 +27,6 @@ from lesiondet.engine.trainer import LoopConfig, Phase, Trainer
 from lesiondet.images import read_rgb
 from lesiondet.io.labels import LabelMap
 from lesiondet.io.voc import VocRecord
-from lesiondet.reporting.plots import plot_pr_curves
 
 
 def fitness(metrics: dict) -> float:
@@ -152,15 +151,11 @@ class DetectionTask:
         return self._meta
 
 
-def _plot_best_pr(out_dir: Path, metrics: Mapping[str, Any], epoch: int) -> None:
-    plot_pr_curves(out_dir / "pr_curves.png", dict(metrics),
-                   f"validation PR at IoU 0.5, epoch {epoch + 1} (best.pt): mAP50 {metrics['mAP50']:.3f}")
-
-
 def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], label_map: LabelMap,
           cfg: dict[str, Any], out_dir: str | Path, device: torch.device, *, resume: str | Path | None = None,
           time_limit_min: float | None = None, log: Callable[[str], None] = print,
-          annotated: dict[str, Sequence[str]] | None = None, trust_legacy: bool = False) -> dict:
+          annotated: dict[str, Sequence[str]] | None = None, trust_legacy: bool = False,
+          on_best: Callable[[Path, Mapping[str, Any], int], None] | None = None) -> dict:
     """Train a detector; returns a summary with the run folder, best fitness and epochs done.
 
     ``out_dir`` must exist (the CLI makes a fresh numbered one). With ``resume``,
@@ -168,6 +163,8 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
     ``annotated`` maps a record ``source`` to the classes it labels, for
     training on datasets with different label sets (see ``data.class_mask``).
     ``cfg["tiling"]`` sets how images are cut into tiles (``slicing.DEFAULT_TILING``).
+    ``on_best(run_dir, metrics, epoch)`` is called when an epoch is the best so far (the API draws
+    ``pr_curves.png`` with it: detection returns data, reporting draws).
     """
     from lesiondet.device import init_distributed
 
@@ -178,6 +175,6 @@ def train(train_records: Sequence[VocRecord], val_records: Sequence[VocRecord], 
     t = task.tcfg
     loop = LoopConfig(batch=int(t["batch"]), momentum=float(t["momentum"]), weight_decay=float(t["weight_decay"]),
                       clip_grad=float(t["clip_grad"] or 0), workers=int(t["workers"]), amp=bool(t["amp"]),
-                      seed=int(t["seed"]), patience=int(t["patience"]), collate=collate, on_best=_plot_best_pr,
+                      seed=int(t["seed"]), patience=int(t["patience"]), collate=collate, on_best=on_best,
                       augment=task.augment)
     return Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log, config=cfg).fit(resume, trust_legacy)

@@ -7,22 +7,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from lesiondet.images import fov_mask  # noqa: F401 - the field of view is an image fact; kept importable here
 from lesiondet.io.voc import VocObject
-
-
-def fov_mask(img: np.ndarray, threshold: int = 20) -> np.ndarray:
-    """Boolean mask of the illuminated field of view (the bright disc on black).
-
-    Thresholds the blurred red channel, which stays bright across the retina,
-    and keeps the largest connected region.
-    """
-    red = cv2.GaussianBlur(img[..., 0], (0, 0), max(1.0, img.shape[1] / 500))
-    mask = (red > threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
-        return np.ones(img.shape[:2], bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == largest
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,8 @@ def predict_raw(model: GraderNet, images: Sequence[np.ndarray], device: torch.de
         x = torch.stack([torch.from_numpy(tf(image=im)["image"]).permute(2, 0, 1).float()
                          for im in images[s:s + batch]]).to(device)
         views = [x, x.flip(3), x.flip(2)] if tta else [x]
-        f = torch.stack([model.features(v) for v in views]).float()
+        # the mirrors go through the network as one batch: one call instead of three
+        f = model.features(torch.cat(views)).float().reshape(len(views), len(x), -1)
         o = torch.stack([model.head(fv) for fv in f])
         outs.append(o.mean(0).cpu().numpy())
         feats.append(f.mean(0).cpu().numpy())
@@ -436,7 +437,10 @@ class GraderCNN:
     2
     """
 
-    def __init__(self, weights: str | Path, device: str = "auto", trust_legacy: bool = False) -> None:
+    def __init__(self, weights: str | Path, device: str = "auto", trust_legacy: bool = False,
+                 backend: str = "torch") -> None:
+        """``backend``: ``"torch"``, ``"onnx"`` (the feature network on onnxruntime, from an ONNX copy
+        cached on first use) or ``"auto"`` (onnxruntime when on the CPU and installed; ``export.runtime``)."""
         from lesiondet.device import resolve_device
         from lesiondet.engine.checkpoint import load_checkpoint
 
@@ -464,6 +468,15 @@ class GraderCNN:
             raise CheckpointError(weights, "weights do not match the grading CNN",
                                   "retrain, or use the lesiondet version that wrote it") from None
         self.model.to(self.device).eval()
+        self.backend = "torch"
+        from lesiondet.export.runtime import choose_backend, load_or_fall_back
+
+        if choose_backend(backend, self.device) == "onnx":
+            net = self.model
+            onnx = load_or_fall_back(self.weights, "grader", lambda p: export_features(net, p),
+                                     lambda p: OnnxGraderNet(p, net), backend)
+            if onnx is not None:
+                self.model, self.backend = onnx, "onnx"
 
     @property
     def size(self) -> int:
@@ -495,14 +508,18 @@ class GraderCNN:
         """An RGB uint8 photograph already in memory, preprocessed as ``prepare`` would."""
         return to_input(img, self.size, self.preprocessed)
 
-    def predict_images(self, images: Sequence[np.ndarray], tta: bool = True,
+    def predict_images(self, images: Sequence[np.ndarray], tta: bool | None = None,
                        lesions: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Preprocessed photographs (``prepare``) → grade, probabilities, score, referable, maculopathy.
+
+        ``tta`` (average over the two mirrors) defaults to what the readout was fitted with, else True.
 
         With a readout (``grader fit``) the grade comes from it; ``lesions`` (rows of
         ``grading.learned.features``) lets a readout fitted with lesions weigh them too (``source``
         says which: ``cnn`` or ``cnn+lesions``). Without one, from the network's own heads.
         """
+        if tta is None:
+            tta = self.readout.tta if self.readout is not None else True
         if self.readout is not None:
             return self._predict_readout(images, tta, lesions)
         raw, feats = predict_raw(self.model, images, self.device, int(self.cfg["batch"]), tta)
@@ -530,9 +547,56 @@ class GraderCNN:
                  "p_referable": round(float(d["p_referable"][i]), 4), "referable": bool(d["referable"][i]),
                  "source": d["variant"], "embedding": E[i]} for i in range(len(E))]
 
-    def predict(self, paths: Sequence[str | Path], tta: bool = True,
+    def predict(self, paths: Sequence[str | Path], tta: bool | None = None,
                 progress: bool = False) -> list[dict[str, Any]]:
         from lesiondet.progress import progress as bar
 
         imgs = [self.prepare(p) for p in bar(list(paths), desc="reading", enabled=progress)]
         return self.predict_images(imgs, tta)
+
+
+# --------------------------------------------------------------------------- onnxruntime
+def export_features(model: GraderNet, path: str | Path, opset: int = 17) -> Path:
+    """Write the network up to its pooled features as ONNX (any batch and side); the heads stay in PyTorch."""
+    import warnings
+
+    from lesiondet.fileio import atomic_path
+
+    class Features(nn.Module):
+        def __init__(self, net: GraderNet) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.features(x)
+
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Features(model).eval(), (torch.rand(2, 3, 224, 224),), str(tmp), dynamo=False,
+                          opset_version=opset, input_names=["image"], output_names=["features"],
+                          dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "features": {0: "n"}})
+    return path
+
+
+class OnnxGraderNet:
+    """``GraderNet`` with its feature network on onnxruntime (CPU): ``features`` and ``head`` as GraderNet's."""
+
+    def __init__(self, path: str | Path, net: GraderNet, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(path, f"cannot read the ONNX file ({type(e).__name__})",
+                                  "delete it; it is made again on the next run") from None
+        self.head, self.dim = net.head, net.dim
+
+    def eval(self) -> OnnxGraderNet:
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"image": np.ascontiguousarray(x.cpu().numpy())})[0])

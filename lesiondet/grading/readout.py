@@ -119,6 +119,7 @@ class Readout:
     cuts: dict[str, list[float]]  # variant → the four cut points on its score
     thresholds: dict[str, float]  # variant → referable threshold on its P(referable)
     sensitivity: float  # the referable sensitivity the thresholds were tuned for (out of fold)
+    tta: bool = True  # features averaged over the photograph and its two mirrors (as fitted, so as predicted)
 
     def variant(self, lesions: bool) -> str:
         return "cnn+lesions" if lesions and "lesions" in self.blocks else "cnn"
@@ -138,17 +139,18 @@ class Readout:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sizes": list(self.sizes), "blocks": {k: b.to_dict() for k, b in self.blocks.items()},
-                "cuts": self.cuts, "thresholds": self.thresholds, "sensitivity": self.sensitivity}
+                "cuts": self.cuts, "thresholds": self.thresholds, "sensitivity": self.sensitivity, "tta": self.tta}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Readout:
         return cls([int(s) for s in d["sizes"]], {k: Block.from_dict(b) for k, b in d["blocks"].items()},
                    {k: [float(c) for c in v] for k, v in d["cuts"].items()},
-                   {k: float(v) for k, v in d["thresholds"].items()}, float(d["sensitivity"]))
+                   {k: float(v) for k, v in d["thresholds"].items()}, float(d["sensitivity"]),
+                   bool(d.get("tta", True)))
 
 
 def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequence[Path], sizes: Sequence[int],
-                     preprocessed: bool, compute: Callable[[], Any]) -> Any:
+                     preprocessed: bool, compute: Callable[[], Any], tta: bool = True) -> Any:
     """``compute()``, or what ``cache`` (an ``.npz``) holds for the same network digest, photographs, sizes and
     preprocessing; a new result replaces it. Refitting a readout on new lesion evidence then reads no photograph."""
     from json import dumps as json_dumps
@@ -158,8 +160,11 @@ def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequen
 
     if cache is None:
         return compute()
-    key = json_dumps({"weights": sha256(weights), "images": [str(p) for p in paths], "sizes": list(sizes),
-                      "preprocessed": preprocessed})
+    key = {"weights": sha256(weights), "images": [str(p) for p in paths], "sizes": list(sizes),
+           "preprocessed": preprocessed}
+    if not tta:  # (mirror-averaged features were the only kind when caches were first written)
+        key["tta"] = False
+    key = json_dumps(key)
     cache = Path(cache)
     if cache.is_file():
         with np.load(cache) as z:
@@ -173,7 +178,7 @@ def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequen
 
 
 def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[int], preprocessed: bool = False,
-                      chunk: int = 32, progress: bool = False) -> np.ndarray:
+                      chunk: int = 32, progress: bool = False, tta: bool = True) -> np.ndarray:
     """Multi-scale features (``GraderCNN.embed``) of photographs on disk, a chunk at a time (memory stays flat).
 
     ``preprocessed`` describes these photographs, not the network: one pre-trained on the
@@ -186,7 +191,7 @@ def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[
     starts = range(0, len(paths), chunk)
     for s in bar(list(starts), desc="features", enabled=progress and len(paths) > chunk):
         imgs = [load_input(p, top, preprocessed) for p in paths[s:s + chunk]]
-        parts.append(grader.embed(imgs, sizes))
+        parts.append(grader.embed(imgs, sizes, tta=tta))
     return np.vstack(parts) if parts else np.zeros((0, 0))
 
 
@@ -197,7 +202,7 @@ def _fit_blocks(feats: Mapping[str, np.ndarray], idx: np.ndarray, y: np.ndarray,
 
 def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], referable: Sequence[bool],
                 maculopathy: Sequence[int | None], patients: Sequence[str], sizes: Sequence[int],
-                cfg: Mapping[str, Any]) -> tuple[Readout, dict[str, dict[str, np.ndarray]]]:
+                cfg: Mapping[str, Any], tta: bool = True) -> tuple[Readout, dict[str, dict[str, np.ndarray]]]:
     """Fit every block on all photographs; tune each variant's cut points and referable threshold on
     patient-grouped out-of-fold predictions. Returns the readout and those out-of-fold predictions
     (an honest estimate of how it grades new patients)."""
@@ -231,7 +236,7 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
         thresholds[v] = _referable_threshold(o["p_referable"], o["grade"], ref.astype(bool), sens)
         o["referable"] = (o["grade"] >= 2) | (o["p_referable"] >= thresholds[v])
     blocks = _fit_blocks(feats, np.arange(len(y)), y, ref, mac, params)
-    return Readout([int(s) for s in sizes], blocks, cuts, thresholds, sens), oof
+    return Readout([int(s) for s in sizes], blocks, cuts, thresholds, sens, tta), oof
 
 
 def _referable_threshold(p: np.ndarray, grade: np.ndarray, truth: np.ndarray, sensitivity: float) -> float:

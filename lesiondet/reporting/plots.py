@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,3 +130,9 @@ def plot_embedding(path: str | Path, features: np.ndarray, labels: Sequence[int]
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_best_pr(out_dir: Path, metrics: Mapping[str, Any], epoch: int) -> None:
+    """``pr_curves.png`` in a training run folder, for the best epoch so far (a ``Trainer`` ``on_best`` hook)."""
+    plot_pr_curves(Path(out_dir) / "pr_curves.png", dict(metrics),
+                   f"validation PR at IoU 0.5, epoch {epoch + 1} (best.pt): mAP50 {metrics['mAP50']:.3f}")

@@ -18,8 +18,8 @@ HERE = Path(__file__).resolve().parent
 
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
-    "detector.pt": "4c6b8c1a2ed49f5f7275c309480fd7010e62035b186bd917e5882c5282a10b56",
-    "grader.pt": "6c699456bf23c3c541b48329608e12e86a95542d40c8c48315827868e524d1e5",
+    "detector.pt": "906e0582a3136b7a159cf9971d4c3a92b5d6c6d821d067002655706a8e1fc9b2",
+    "grader.pt": "6b39b3d8f02e2416981469381752ddc7662652081da1e8a136422840d6235266",
 }
 
 DETECTOR = "detector.pt"

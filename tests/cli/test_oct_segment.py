@@ -46,6 +46,22 @@ def test_eval_writes_the_issue_json_keys_and_the_pictures(seg_run, shared_data, 
     assert (tmp_path / "ev" / "overlay_grid.png").is_file() and (tmp_path / "ev" / "area_scatter.png").is_file()
 
 
+def test_eval_with_spacing_gives_the_hand_computed_fluid_area_of_each_reference_mask(seg_run, shared_data, tmp_path):
+    d = shared_data / "oct_fluid"
+    names = [f"subject08_bscan0{i}.png" for i in range(2)]
+    csv = tmp_path / "v.csv"
+    csv.write_text("image,mask,subject\n" + "".join(f"{d}/images/{n},{d}/masks/{n},8\n" for n in names))
+    j = tmp_path / "m.json"
+    assert main(["oct", "segment", "eval", "--data", str(csv), "--weights", str(seg_run / "best.pt"), "--json", str(j),
+                 "--out", str(tmp_path / "ev"), "--spacing", "11.3", "3.9"]) == 0
+    m = json.loads(j.read_text())
+    for n, row in zip(names, m["per_scan"]):
+        px = int((cv2.imread(str(d / "masks" / n), cv2.IMREAD_GRAYSCALE) > 0).sum())
+        assert row["fluid_mm2_true"] == pytest.approx(px * 11.3 * 3.9 / 1e6)
+        assert row["area_abs_error_mm2"] == pytest.approx(abs(row["fluid_px_pred"] - px) * 11.3 * 3.9 / 1e6)
+    assert m["area_abs_error_mm2_mean"] == pytest.approx(sum(r["area_abs_error_mm2"] for r in m["per_scan"]) / 2)
+
+
 def test_resume_continues_a_segmentation_run(shared_data, tmp_path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text(SEG_FAST)

@@ -89,7 +89,7 @@ def test_raw_photographs_get_ben_graham_even_for_a_network_pre_trained_on_proces
     class Network:  # stands in for GraderCNN: hands back what it was given
         preprocessed = True  # trained on the source-processed APTOS copy
 
-        def embed(self, images, sizes):
+        def embed(self, images, sizes, tta=True):
             return np.stack([im.astype(float).ravel() for im in images])
 
     seen = embed_photographs(Network(), [path], [64])
@@ -121,3 +121,29 @@ def test_grader_fit_reuses_cached_features_only_for_the_same_network_and_photogr
     cached_features(cache, w2, paths[:1], [224], False, compute)       # other photographs
     cached_features(cache, w2, paths[:1], [224, 384], False, compute)  # other sizes
     assert len(calls) == 4
+
+
+def test_a_readout_fitted_without_mirrors_says_so_and_older_ones_were_fitted_with_them(tmp_path):
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    E, L, y, ref, mac, pat = graded_set()
+    readout, _ = fit_readout(E, L, y, ref, list(mac), pat, [224], CFG, tta=False)
+    save_checkpoint(tmp_path / "g.pt", {"readout": readout.to_dict()})
+    assert Readout.from_dict(load_checkpoint(tmp_path / "g.pt")["readout"]).tta is False
+    older = {k: v for k, v in readout.to_dict().items() if k != "tta"}  # written before mirrors were a choice
+    assert Readout.from_dict(older).tta is True
+
+
+def test_the_grader_reads_features_the_way_its_readout_was_fitted(monkeypatch):
+    from lesiondet.grading import cnn
+
+    E, L, y, ref, mac, pat = graded_set()
+    g = object.__new__(cnn.GraderCNN)  # no network needed: embed is replaced below
+    calls = []
+    g.readout = fit_readout(E, None, y, ref, list(mac), pat, [224], CFG, tta=False)[0]
+    g.embed = lambda images, sizes=None, tta=True: calls.append(tta) or E[:len(images)]
+    g.predict_images([np.zeros((8, 8, 3), np.uint8)] * 2)
+    g.readout.tta = True
+    g.predict_images([np.zeros((8, 8, 3), np.uint8)] * 2)
+    g.predict_images([np.zeros((8, 8, 3), np.uint8)] * 2, tta=False)  # an explicit choice wins
+    assert calls == [False, True, False]

@@ -100,3 +100,23 @@ def test_fluid_summary_and_the_flags_a_reader_needs():
     assert s["fluid_px"] == 400 and s["regions"] == 2 and s["fluid_fraction"] == 0.02
     assert fluid_flag("NORMAL", s) and not fluid_flag("DME", s)
     assert "no fluid" in fluid_flag("DME", fluid_summary(np.zeros((100, 200), bool)))
+
+
+def test_fluid_area_in_mm2_is_pixels_times_the_pixel_spacing():
+    mask = np.zeros((496, 768), bool)
+    mask[100:130, 200:300] = True  # 30 rows x 100 columns = 3,000 px
+    # by hand: 3,000 px x 11.3 µm x 3.9 µm = 132,210 µm² = 0.13221 mm²
+    s = fluid_summary(mask, (11.3, 3.9))
+    assert s["fluid_px"] == 3000 and s["fluid_mm2"] == pytest.approx(0.13221)
+    assert "fluid_mm2" not in fluid_summary(mask)
+
+
+def test_eval_with_spacing_reports_each_scans_absolute_area_error_in_mm2():
+    # two scans: reference 3,000 and 0 px; prediction 2,000 and 500 px; at 10 x 5 µm a pixel is 5e-5 mm²
+    rows = [{"image": "a", "dice": 0.8, "fluid_px_true": 3000, "fluid_px_pred": 2000},
+            {"image": "b", "dice": 0.0, "fluid_px_true": 0, "fluid_px_pred": 500}]
+    m = segmentation_metrics(rows, np.array([2000, 500, 1000, 10000]), spacing=(10.0, 5.0))
+    assert [r["area_abs_error_mm2"] for r in m["per_scan"]] == pytest.approx([0.05, 0.025])
+    assert m["per_scan"][0]["fluid_mm2_true"] == pytest.approx(0.15)
+    assert m["area_abs_error_mm2_mean"] == pytest.approx(0.0375)
+    assert "area_abs_error_mm2_mean" not in segmentation_metrics(rows, np.array([2000, 500, 1000, 10000]))
