@@ -121,21 +121,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--keep-images", action="store_true", help="reuse the photographs of an earlier soak")
+    ap.add_argument("--report-only", action="store_true", help="recompute the figures of the last soak")
     a = ap.parse_args()
     images, out = RUN / "images", RUN / "out"
     import shutil
 
     manifest = RUN / "manifest.json"
-    if a.keep_images and manifest.is_file():
+    if (a.keep_images or a.report_only) and manifest.is_file():
         m = json.loads(manifest.read_text())
         good, broken = [Path(p) for p in m["good"]], [Path(p) for p in m["broken"]]
     else:
         shutil.rmtree(images, ignore_errors=True)
         good, broken = make_photographs(images, a.n)
         manifest.write_text(json.dumps({"good": [str(p) for p in good], "broken": [str(p) for p in broken]}))
-    shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "lesiondet"), "detect", str(images), "--grade", "--out", str(out),
            "--exist-ok"]
+    if a.report_only:  # the figures again from an earlier run's samples.csv and outputs
+        samples = [tuple(map(float, r.values())) for r in csv.DictReader(open(RUN / "samples.csv"))]
+        return finish(cmd, samples, samples[-1][0], None, out, good, broken)
+    shutil.rmtree(out, ignore_errors=True)
     print("+", " ".join(cmd), flush=True)
     t0 = time.monotonic()
     samples = []  # (seconds, rows in summary.csv, RSS MB)
@@ -147,6 +151,12 @@ def main() -> int:
                 samples.append((time.monotonic() - t0, rows_done(out / "summary.csv"), mb))
             time.sleep(1.0)
     wall = time.monotonic() - t0
+    np.savetxt(RUN / "samples.csv", np.array(samples), delimiter=",", header="seconds,rows,rss_mb", comments="")
+    return finish(cmd, samples, wall, proc.returncode, out, good, broken)
+
+
+def finish(cmd, samples, wall, rc, out: Path, good: list[Path], broken: list[Path]) -> int:
+    """The soak's figures from the sampled (seconds, rows, RSS) and the run's outputs."""
     rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
     by_image = {Path(r["image"]).name: r for r in rows}
     failures = (out / "failures.txt").read_text() if (out / "failures.txt").is_file() else ""
@@ -157,15 +167,23 @@ def main() -> int:
 
     first = 100 / ((when(100) - when(1)) / 60) if n >= 200 else None
     last = 100 / ((when(n) - when(n - 100)) / 60) if n >= 200 else None
+    # a broken file takes milliseconds, so a window with more of them looks faster: also count good ones only
+    status = [r["status"] for r in rows]  # in the order the run finished them
+    good_first = sum(st != "failed" for st in status[1:100])
+    good_last = sum(st != "failed" for st in status[n - 100:n])
+    g_first = good_first / ((when(100) - when(1)) / 60) if n >= 200 else None
+    g_last = good_last / ((when(n) - when(n - 100)) / 60) if n >= 200 else None
     after50 = next((m for _, r, m in samples if r >= 50), None)
     peak = max(m for _, _, m in samples)
     result = {
-        "command": " ".join(cmd), "photographs": n, "broken": len(broken), "rc": proc.returncode,
+        "command": " ".join(cmd), "photographs": n, "broken": len(broken), "rc": rc,
         "wall_s": round(wall, 1), "rows": len(rows), "rows_unique": len(by_image),
         "photographs_per_min_overall": round(n / (wall / 60), 2),
         "photographs_per_min_first_100": first and round(first, 2),
         "photographs_per_min_last_100": last and round(last, 2),
         "last_vs_first": first and last and round(last / first, 3),
+        "good_per_min_first_100": g_first and round(g_first, 2), "good_per_min_last_100": g_last and round(g_last, 2),
+        "good_last_vs_first": g_first and g_last and round(g_last / g_first, 3),
         "rss_mb_after_50": after50 and round(after50, 1), "rss_mb_peak": round(peak, 1),
         "peak_vs_after_50": after50 and round(peak / after50, 3),
         "broken_in_failures_txt": sum(p.name in failures for p in broken),
@@ -177,7 +195,6 @@ def main() -> int:
         "cpus": os.cpu_count(),
     }
     (RUN / "soak.json").write_text(json.dumps(result, indent=1))
-    np.savetxt(RUN / "samples.csv", np.array(samples), delimiter=",", header="seconds,rows,rss_mb", comments="")
     plot(samples, RUN / "soak.png")
     print(json.dumps(result, indent=1))
     ok = (result["rows_unique"] == n == result["rows"] and result["broken_in_failures_txt"] == len(broken)
