@@ -92,6 +92,20 @@ def _onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, m
     onnx.save(model, str(path))
 
 
+def onnx_session(path: str | Path, threads: int | None, fix: str):
+    """An onnxruntime CPU session for ``path`` (``threads``: intra-op threads, default all); a file it
+    cannot read is a one-line ``CheckpointError`` with ``fix``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise CheckpointError(path, f"cannot read the ONNX file ({type(e).__name__})", fix) from None
+
+
 class OnnxDetector:
     """An exported network run by onnxruntime on the CPU, called like the torchvision detector.
 
@@ -101,21 +115,12 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, score: float = EXPORT_SCORE, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         p = Path(path)
         if not p.is_file():
             raise CheckpointError(p, "ONNX file not found", "export one with 'lesiondet export --weights best.pt'")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-            raw = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
-            self.meta = json.loads(raw) if raw else None
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise CheckpointError(p, f"cannot read the ONNX file ({type(e).__name__})",
-                                  "export it again with 'lesiondet export'") from None
+        self.session = onnx_session(p, threads, "export it again with 'lesiondet export'")
+        raw = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        self.meta = json.loads(raw) if raw else None
         if not self.meta or self.meta.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(p, "not an ONNX file exported by lesiondet (no lesiondet metadata)",
                                   "export it with 'lesiondet export --weights best.pt --format onnx'")

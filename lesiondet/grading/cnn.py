@@ -583,16 +583,9 @@ class OnnxGraderNet:
     """``GraderNet`` with its feature network on onnxruntime (CPU): ``features`` and ``head`` as GraderNet's."""
 
     def __init__(self, path: str | Path, net: GraderNet, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from lesiondet.export.onnx import onnx_session
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise CheckpointError(path, f"cannot read the ONNX file ({type(e).__name__})",
-                                  "delete it; it is made again on the next run") from None
+        self.session = onnx_session(path, threads, "delete it; it is made again on the next run")
         self.head, self.dim = net.head, net.dim
 
     def eval(self) -> OnnxGraderNet:
