@@ -394,7 +394,7 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
     if val:
         train_s, val_s = samples, read_oct_data(val)
     else:
-        train_s, val_s = patient_split(samples, val_split, cfg["seed"])
+        train_s, val_s = patient_split(samples, val_split, cfg["seed"]) if val_split > 0 else (samples, [])
     classes = sorted({s.label for s in train_s} | {s.label for s in val_s})
     if len(classes) < 2:
         raise LesiondetError(data, f"only one class ({classes[0]})", "add scans of at least one other class")
@@ -402,30 +402,44 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
         read_scan(s.path)  # a bad file fails now, not in epoch five
     run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
     counts = Counter(s.label for s in train_s)
+    held = (f"validating on {len(val_s)} scans from {len({s.patient for s in val_s})} other patients" if val_s else
+            "no patients held out (--val-split 0): validation figures are on the training scans")
     log(f"OCT: training on {len(train_s)} scans ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
-        f"from {len({s.patient for s in train_s})} patients, validating on {len(val_s)} scans from "
-        f"{len({s.patient for s in val_s})} other patients; run folder {run_dir}")
+        f"from {len({s.patient for s in train_s})} patients, {held}; run folder {run_dir}")
     return train_oct(train_s, val_s, classes, cfg, run_dir, resolve_device(device), head, time_limit, log, resume)
 
 
-def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str | None = None,
+def _oct_weights(weights: str | Path | None) -> Path:
+    from lesiondet.weights import default_oct
+
+    return Path(weights) if weights is not None else default_oct()
+
+
+def _fluid_weights(weights: str | Path | bool | None) -> Path:
+    from lesiondet.weights import default_fluid
+
+    return default_fluid() if weights is None or weights is True or weights == "default" else Path(weights)
+
+
+def oct_predict(images: Sequence[str | Path], weights: str | Path | None = None, *, head: str | None = None,
                 json: str | Path | None = None, out: str | Path = "runs/oct-predict", device: str = "auto",
-                trust_legacy: bool = False, seg: str | Path | None = None) -> dict[str, Any]:
+                trust_legacy: bool = False, seg: str | Path | bool | None = None) -> dict[str, Any]:
     """Class probabilities for OCT scans, a picture per scan; returns ``{"predictions", "failures", "out"}``.
 
-    With ``seg`` (a fluid U-Net), each scan also gets its fluid area, and a flag when the class and the
-    fluid disagree (DME without visible fluid, or fluid in a scan called NORMAL).
+    ``weights``: an ``oct train`` checkpoint; the shipped classifier when None. With ``seg`` (a fluid
+    U-Net's checkpoint, or True for the shipped one), each scan also gets its fluid area, and a flag
+    when the class and the fluid disagree (DME without visible fluid, or fluid in a scan called NORMAL).
     """
     from lesiondet.fileio import write_json
     from lesiondet.oct.classify import OctClassifier, plot_prediction, read_scan
 
     paths = collect_images(images)
-    clf = OctClassifier(weights, head, device, trust_legacy)
+    clf = OctClassifier(_oct_weights(weights), head, device, trust_legacy)
     segmenter = None
-    if seg is not None:
+    if seg is not None and seg is not False:
         from lesiondet.oct.segment import FluidSegmenter
 
-        segmenter = FluidSegmenter(seg, device, trust_legacy)
+        segmenter = FluidSegmenter(_fluid_weights(seg), device, trust_legacy)
     run_dir = next_run_dir(Path(out).parent, Path(out).name)
     docs, failures = [], []
     for p, img in _readable(paths, read_scan, failures):
@@ -444,16 +458,18 @@ def oct_predict(images: Sequence[str | Path], weights: str | Path, *, head: str 
     return {"predictions": docs, "failures": failures, "out": run_dir}
 
 
-def oct_evaluate(data: str | Path, weights: str | Path, *, head: str | None = None, json: str | Path | None = None,
-                 out: str | Path = "runs/oct-eval", device: str = "auto", trust_legacy: bool = False) -> dict:
-    """Accuracy, per-class sensitivity, specificity and ROC AUC, and ``oct_confusion.png`` in ``out``."""
+def oct_evaluate(data: str | Path, weights: str | Path | None = None, *, head: str | None = None,
+                 json: str | Path | None = None, out: str | Path = "runs/oct-eval", device: str = "auto",
+                 trust_legacy: bool = False) -> dict:
+    """Accuracy, per-class sensitivity, specificity and ROC AUC, and ``oct_confusion.png`` in ``out``
+    (the shipped classifier when ``weights`` is None)."""
     import numpy as np
 
     from lesiondet.fileio import write_json
     from lesiondet.oct.classify import OctClassifier, classification_metrics, read_oct_data
     from lesiondet.reporting.plots import plot_confusion_matrix
 
-    clf = OctClassifier(weights, head, device, trust_legacy)
+    clf = OctClassifier(_oct_weights(weights), head, device, trust_legacy)
     samples = read_oct_data(data, clf.classes)
     proba = clf.predict_proba([s.path for s in samples], progress=len(samples) > 16)
     m = classification_metrics([clf.classes.index(s.label) for s in samples], proba, clf.classes)
@@ -488,27 +504,29 @@ def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_sp
         train_s, val_s = scans, read_fluid_data(val)
         check_disjoint(train_s, val_s, val)
     else:
-        train_s, val_s = subject_split(scans, val_split, int(cfg["seed"]))
+        train_s, val_s = subject_split(scans, val_split, int(cfg["seed"])) if val_split > 0 else (scans, [])
     decoded = {s: read_pair(s) for s in train_s + val_s}  # a bad or mismatched file fails now, before any run folder
     run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
+    held = (f"validating on {len(val_s)} scans of {len({s.subject for s in val_s})} other subjects" if val_s else
+            "no subjects held out (--val-split 0): validation figures are on the training scans, keep last.pt")
     log(f"fluid U-Net: training on {len(train_s)} scans of {len({s.subject for s in train_s})} subjects, "
-        f"validating on {len(val_s)} scans of {len({s.subject for s in val_s})} other subjects; run folder {run_dir}")
+        f"{held}; run folder {run_dir}")
     return train_segmenter(train_s, val_s, cfg, run_dir, resolve_device(device), time_limit_min=time_limit,
                            log=log, resume=resume, decoded=decoded)
 
 
-def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, out: str | Path = "runs/oct-seg",
-                        json: str | Path | None = None, device: str = "auto",
+def oct_segment_predict(images: Sequence[str | Path], weights: str | Path | None = None, *,
+                        out: str | Path = "runs/oct-seg", json: str | Path | None = None, device: str = "auto",
                         spacing: Sequence[float] | None = None) -> dict[str, Any]:
     """Per scan: mask PNG, overlay PNG and a JSON (fluid area, fraction, regions; mm² with ``spacing``,
-    µm per pixel across and in depth) in a numbered ``out``."""
+    µm per pixel across and in depth) in a numbered ``out``. The shipped U-Net when ``weights`` is None."""
     from lesiondet.fileio import write_json
     from lesiondet.oct.classify import read_scan
     from lesiondet.oct.segment import FluidSegmenter, fluid_summary, overlay
     from lesiondet.reporting.draw import write_png
 
     paths = collect_images(images)
-    seg = FluidSegmenter(weights, device)
+    seg = FluidSegmenter(_fluid_weights(weights), device)
     run_dir = next_run_dir(Path(out).parent, Path(out).name)
     docs, failures = [], []
     for p, img in _readable(paths, read_scan, failures):
@@ -523,7 +541,7 @@ def oct_segment_predict(images: Sequence[str | Path], weights: str | Path, *, ou
     return {"predictions": docs, "failures": failures, "out": run_dir}
 
 
-def oct_segment_evaluate(data: str | Path, weights: str | Path, *, json: str | Path | None = None,
+def oct_segment_evaluate(data: str | Path, weights: str | Path | None = None, *, json: str | Path | None = None,
                          out: str | Path = "runs/oct-seg-eval", device: str = "auto",
                          spacing: Sequence[float] | None = None) -> dict[str, Any]:
     """Pooled Dice, IoU, pixel accuracy and per-scan Dice at each scan's own size; overlay grid and area scatter.
@@ -548,7 +566,7 @@ def oct_segment_evaluate(data: str | Path, weights: str | Path, *, json: str | P
 
     scans = read_fluid_data(data)
     pairs = [read_pair(s) for s in scans]  # every file is checked before anything is written
-    seg = FluidSegmenter(weights, device)
+    seg = FluidSegmenter(_fluid_weights(weights), device)
     rows, sums, panels = [], np.zeros(4, np.int64), []
     for s, (img, truth) in progress(list(zip(scans, pairs)), desc="segment eval", enabled=len(scans) > 8):
         pred = seg.mask(img)

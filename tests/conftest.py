@@ -130,7 +130,7 @@ def trained_run(tiny_sample: Path, tiny_config: Path, tmp_path_factory) -> Path:
     return out
 
 
-OCT_FAST = "oct:\n  size: 64\n  batch: 8\n  head_epochs: 1\n  epochs: 1\n  min_steps: 2\n"
+OCT_FAST = "oct:\n  size: 64\n  linear_sizes: [64, 96]\n  batch: 8\n  head_epochs: 1\n  epochs: 1\n  min_steps: 2\n"
 
 
 @pytest.fixture(scope="session")

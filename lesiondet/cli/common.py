@@ -51,6 +51,16 @@ def fraction(s: str) -> float:
     return v
 
 
+def fraction_or_none(s: str) -> float:
+    """A held-out share below 1, or 0: train on everything (the final model, once a recipe is chosen)."""
+    try:
+        if float(s) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return fraction(s)
+
+
 score = number_in(0.0, 1.0, hi_included=True)
 overlap = number_in(0.0, 0.9, hi_included=False)
 

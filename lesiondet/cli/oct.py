@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiondet.cli.common import Parser, add_trust_legacy, error, fraction, positive_float, positive_int, say
+from lesiondet.cli.common import (Parser, add_trust_legacy, error, fraction_or_none, positive_float, positive_int,
+                                  say)
 
 
 def add(sub) -> None:
@@ -14,7 +15,8 @@ def add(sub) -> None:
     ot.add_argument("--data", required=True, help="folder with CNV/ DME/ DRUSEN/ NORMAL/ sub-folders, or a CSV")
     og = ot.add_mutually_exclusive_group()
     og.add_argument("--val", help="validation folder or CSV (default: hold out patients from --data)")
-    og.add_argument("--val-split", type=fraction, default=0.2, help="share of patients held out (default 0.2)")
+    og.add_argument("--val-split", type=fraction_or_none, default=0.2,
+                    help="share of patients held out (default 0.2; 0: train on all, the final model)")
     ot.add_argument("--head", choices=("finetune", "linear", "both"), default="both",
                     help="fine-tuned CNN, logistic regression on frozen features, or both (default)")
     ot.add_argument("--arch", choices=("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50"))
@@ -29,18 +31,19 @@ def add(sub) -> None:
     ot.set_defaults(func=run_train)
     op = osub.add_parser("predict", help="class and probabilities for OCT scans")
     op.add_argument("images", nargs="+", help="scan files or folders")
-    op.add_argument("--weights", required=True, help="best.pt from 'lesiondet oct train'")
+    op.add_argument("--weights", help="best.pt from 'lesiondet oct train' (default: the shipped classifier)")
     op.add_argument("--head", choices=("finetune", "linear"), help="default: the fine-tuned head if trained")
     op.add_argument("--topk", type=positive_int, default=4)
     op.add_argument("--json", help="write class and probabilities to this file")
     op.add_argument("--out", default="runs/oct-predict", help="folder for the pictures; numbered if it exists")
-    op.add_argument("--seg", metavar="W", help="fluid U-Net best.pt from 'oct segment train': report fluid area too")
+    op.add_argument("--seg", metavar="W", nargs="?", const=True,
+                    help="report fluid area too, with the shipped fluid U-Net or this best.pt from 'oct segment train'")
     op.add_argument("--device", default="auto")
     add_trust_legacy(op)
     op.set_defaults(func=run_predict)
     oe = osub.add_parser("eval", help="accuracy, sensitivity, specificity, ROC AUC, confusion matrix")
     oe.add_argument("--data", required=True, help="labelled folder or CSV")
-    oe.add_argument("--weights", required=True)
+    oe.add_argument("--weights", help="default: the shipped classifier")
     oe.add_argument("--head", choices=("finetune", "linear"))
     oe.add_argument("--json", help="write the figures to this JSON file")
     oe.add_argument("--out", default="runs/oct-eval", help="folder for oct_confusion.png")
@@ -58,7 +61,8 @@ def add_segment(osub) -> None:
                                                  "image,mask[,subject] with paths relative to it")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--val", help="validation folder or CSV (other subjects)")
-    g.add_argument("--val-split", type=fraction, default=0.2, help="share of subjects held out (default 0.2)")
+    g.add_argument("--val-split", type=fraction_or_none, default=0.2,
+                   help="share of subjects held out (default 0.2; 0: train on all and keep the last epoch)")
     t.add_argument("--config", help="YAML with a segment: section (defaults in lesiondet/config/defaults.yaml)")
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
@@ -68,7 +72,7 @@ def add_segment(osub) -> None:
     t.set_defaults(func=run_segment_train)
     p = ssub.add_parser("predict", help="mask PNG, overlay PNG and fluid area JSON per scan")
     p.add_argument("images", nargs="+", help="scan files or folders")
-    p.add_argument("--weights", required=True, help="best.pt from 'oct segment train'")
+    p.add_argument("--weights", help="best.pt from 'oct segment train' (default: the shipped fluid U-Net)")
     p.add_argument("--out", default="runs/oct-seg", help="output folder; numbered if it exists")
     p.add_argument("--json", help="also write all scans' fluid figures to this file")
     p.add_argument("--spacing", type=positive_float, nargs=2, metavar=("X_UM", "Z_UM"),
@@ -77,7 +81,7 @@ def add_segment(osub) -> None:
     p.set_defaults(func=run_segment_predict)
     e = ssub.add_parser("eval", help="pooled Dice, IoU, pixel accuracy, per-scan Dice; overlay grid, area scatter")
     e.add_argument("--data", required=True, help="folder with images/ and masks/, or a CSV image,mask[,subject]")
-    e.add_argument("--weights", required=True)
+    e.add_argument("--weights", help="default: the shipped fluid U-Net")
     e.add_argument("--json", help="write the figures to this JSON file")
     e.add_argument("--out", default="runs/oct-seg-eval", help="folder for the pictures; numbered if it exists")
     e.add_argument("--spacing", type=positive_float, nargs=2, metavar=("X_UM", "Z_UM"),

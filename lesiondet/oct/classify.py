@@ -210,6 +210,11 @@ def extract_features(model: OctNet, samples: Sequence[OctSample], size: int, dev
         if len(samples) else np.zeros((0, model.head.in_features))
 
 
+def linear_sizes(cfg: Mapping[str, Any]) -> list[int]:
+    """Input sides the linear head reads features at (``linear_sizes``; empty: the network's ``size``)."""
+    return [int(z) for z in cfg.get("linear_sizes") or [cfg["size"]]]
+
+
 def fit_linear_head(features: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> PlainLogistic:
     """Standardised features → class-balanced multinomial logistic regression (scikit-learn), kept as arrays."""
     from sklearn.linear_model import LogisticRegression
@@ -298,14 +303,18 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
     if resume is not None:
         meta["heads"] = dict(load_checkpoint(resume)["heads"])
     elif heads in ("linear", "both"):
-        # Features of the pretrained backbone, before any fine-tuning changes it.
-        feats = extract_features(model, train_samples, cfg["size"], device)
-        clf = fit_linear_head(feats, [s.label for s in train_samples], classes)
+        # Features of the pretrained backbone, before any fine-tuning changes it: one head per input
+        # size, their probabilities averaged (a scan's texture reads differently at each scale).
+        sizes = linear_sizes(cfg)
+        labels = [s.label for s in train_samples]
+        clfs = [fit_linear_head(extract_features(model, train_samples, z, device), labels, classes) for z in sizes]
         # Cloned: fine-tuning below changes the body's tensors in place.
         body = {k: v.detach().cpu().clone() for k, v in model.body.state_dict().items()}
-        meta["heads"]["linear"] = {"body": body, "head": clf.to_dict()}
+        meta["heads"]["linear"] = {"body": body, "head": clfs[0].to_dict(), "sizes": sizes,
+                                   "heads": [c.to_dict() for c in clfs]}
         if val_samples:
-            vp = linear_proba(clf, extract_features(model, val_samples, cfg["size"], device), len(classes))
+            vp = sum(linear_proba(c, extract_features(model, val_samples, z, device), len(classes))
+                     for c, z in zip(clfs, sizes)) / len(sizes)
             acc = float(np.mean(vp.argmax(1) == [classes.index(s.label) for s in val_samples]))
             summary["val"]["linear"] = acc
             log(f"linear head (logistic regression on frozen features): val accuracy {acc:.3f}")
@@ -370,16 +379,24 @@ class OctClassifier:
                                   "retrain, or use the lesiondet version that wrote it") from None
         # lesiondet 0.1 kept the scikit-learn pipeline itself (loaded only with trust_legacy)
         self.clf = PlainLogistic.from_dict(h["head"]) if "head" in h else h.get("clf")
+        # linear heads per input size (lesiondet >= 0.4); older checkpoints have one, at the network's size
+        self.sizes = [int(z) for z in h.get("sizes", [self.cfg["size"]])] if self.head == "linear" \
+            else [int(self.cfg["size"])]
+        self.clfs = [PlainLogistic.from_dict(d) for d in h["heads"]] if "heads" in h else [self.clf]
         self.model.to(self.device).eval()
         self.tf = transforms(self.cfg["size"], False)
+        self.tfs = [transforms(z, False) for z in self.sizes]
 
     @torch.inference_mode()
     def predict_proba_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        x = torch.stack([torch.from_numpy(self.tf(image=im)["image"]).permute(2, 0, 1) for im in images])
-        x = x.float().to(self.device)
+        def batch(tf: A.Compose) -> torch.Tensor:
+            x = torch.stack([torch.from_numpy(tf(image=im)["image"]).permute(2, 0, 1) for im in images])
+            return x.float().to(self.device)
+
         if self.head == "linear":
-            return linear_proba(self.clf, self.model.features(x).cpu().numpy(), len(self.classes))
-        return torch.softmax(self.model(x).float(), 1).cpu().numpy()
+            return sum(linear_proba(c, self.model.features(batch(tf)).cpu().numpy(), len(self.classes))
+                       for c, tf in zip(self.clfs, self.tfs)) / len(self.clfs)
+        return torch.softmax(self.model(batch(self.tf)).float(), 1).cpu().numpy()
 
     def predict_proba(self, paths: Sequence[str | Path], batch: int = 16, progress: bool = False) -> np.ndarray:
         out = []

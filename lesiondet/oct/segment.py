@@ -35,6 +35,8 @@ from lesiondet.images import read_rgb
 SEG_FORMAT = "lesiondet-oct-seg/1"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_SEGMENT: dict[str, Any] = defaults("segment")
+#: inference of checkpoints written before it was configurable (a cut at 0.5 with flip averaging)
+LEGACY_INFERENCE: dict[str, Any] = {"threshold": 0.5, "tta_flip": True, "min_region_px": 0, "retina_only": False}
 
 
 # --------------------------------------------------------------------------- data
@@ -124,18 +126,41 @@ def check_disjoint(train: Sequence[FluidScan], val: Sequence[FluidScan], where: 
     disjoint([s.subject for s in train], [s.subject for s in val], where, "B-scans", "subject")
 
 
-def transforms(width: int, height: int, train: bool) -> A.Compose:
+AUGMENTS = ("standard", "strong")
+LOSSES = ("dice_bce", "dice_focal")
+
+
+def transforms(width: int, height: int, train: bool, augment: str = "standard") -> A.Compose:
+    """Resize and normalise; for training also flips, shifts, intensity and speckle.
+
+    ``strong`` widens them to what differs between devices and patients: gamma, blur, a larger
+    scale range and vertical shift (the retina sits at different depths), stronger speckle.
+    """
+    if augment not in AUGMENTS:
+        raise LesiondetError(None, f"unknown segment augment '{augment}'", f"use one of {', '.join(AUGMENTS)}")
     norm = A.Normalize(mean=MEAN, std=STD)
     resize = A.Resize(height, width)
     if not train:
         return A.Compose([resize, norm])
+    if augment == "standard":
+        return A.Compose([
+            resize,
+            A.HorizontalFlip(p=0.5),
+            A.Affine(translate_percent=(-0.05, 0.05), scale=(0.9, 1.1), border_mode=cv2.BORDER_CONSTANT, fill=0,
+                     fill_mask=0, p=0.7),
+            A.RandomBrightnessContrast(0.2, 0.2, p=0.7),
+            A.MultiplicativeNoise(multiplier=(0.7, 1.3), per_channel=False, elementwise=True, p=0.5),  # speckle
+            norm,
+        ])
     return A.Compose([
         resize,
         A.HorizontalFlip(p=0.5),
-        A.Affine(translate_percent=(-0.05, 0.05), scale=(0.9, 1.1), border_mode=cv2.BORDER_CONSTANT, fill=0,
-                 fill_mask=0, p=0.7),
-        A.RandomBrightnessContrast(0.2, 0.2, p=0.7),
-        A.MultiplicativeNoise(multiplier=(0.7, 1.3), per_channel=False, elementwise=True, p=0.5),  # speckle
+        A.Affine(translate_percent={"x": (-0.05, 0.05), "y": (-0.12, 0.12)}, scale=(0.8, 1.25), rotate=(-8, 8),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8),
+        A.RandomBrightnessContrast(0.3, 0.3, p=0.8),
+        A.RandomGamma((70, 150), p=0.5),
+        A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+        A.MultiplicativeNoise(multiplier=(0.6, 1.4), per_channel=False, elementwise=True, p=0.6),  # speckle
         norm,
     ])
 
@@ -187,6 +212,54 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dice(logits.float(), target) + nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
 
 
+def dice_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + focal (gamma 2): the per-pixel term weighs the hard pixels, the thin fluid borders."""
+    import segmentation_models_pytorch as smp
+
+    dice = smp.losses.DiceLoss("binary", from_logits=True)
+    focal = smp.losses.FocalLoss("binary", gamma=2.0)
+    return dice(logits.float(), target) + 10.0 * focal(logits.float(), target)  # 10: focal is ~10x smaller than BCE
+
+
+def segment_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name not in LOSSES:
+        raise LesiondetError(None, f"unknown segment loss '{name}'", f"use one of {', '.join(LOSSES)}")
+    return dice_bce if name == "dice_bce" else dice_focal
+
+
+# --------------------------------------------------------------------------- post-processing
+def retina_band(img: np.ndarray, margin_px: int = 20, level: float = 0.5) -> np.ndarray:
+    """Pixels from the inner retinal surface to just below the RPE in each column: the retina, not
+    the vitreous above it or the choroid below.
+
+    Both are where the smoothed column first and last reaches ``level`` of its brightest value (the
+    nerve fibre layer and the RPE are the bright bands). White export padding counts as background.
+    """
+    grey = (img.mean(2) if img.ndim == 3 else img).astype(np.float32)
+    grey[grey >= 250] = 0  # white padding around Spectralis exports
+    smooth = cv2.GaussianBlur(grey, (0, 0), sigmaX=8, sigmaY=3)
+    h = smooth.shape[0]
+    bright = smooth >= level * smooth.max(0, keepdims=True)
+    top = bright.argmax(0)
+    bottom = h - 1 - bright[::-1].argmax(0)
+    rows = np.arange(h)[:, None]
+    return (rows >= (top - margin_px)[None]) & (rows <= (bottom + margin_px)[None])
+
+
+def clean_mask(prob: np.ndarray, threshold: float = 0.5, min_region_px: int = 0,
+               retina: np.ndarray | None = None) -> np.ndarray:
+    """The fluid mask from a probability map: cut, keep inside ``retina`` if given, drop small regions."""
+    mask = prob >= threshold
+    if retina is not None:
+        mask &= retina
+    if min_region_px > 0 and mask.any():
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        keep = np.zeros(n, bool)
+        keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_region_px
+        mask = keep[lab]
+    return mask
+
+
 def overlap_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
     """True positives, false positives, false negatives, true negatives."""
     tp = int(np.logical_and(pred, truth).sum())
@@ -208,7 +281,8 @@ class SegmentTask:
                  decoded: Mapping[FluidScan, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.model, self.cfg, self._meta = model, cfg, meta
         w, h = int(cfg["width"]), int(cfg["height"])
-        self.dataset = FluidDataset(train, transforms(w, h, True), decoded)
+        self.loss_fn = segment_loss(str(cfg["loss"]))
+        self.dataset = FluidDataset(train, transforms(w, h, True, str(cfg["augment"])), decoded)
         self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False), decoded),
                               batch_size=int(cfg["batch"]))
 
@@ -221,7 +295,7 @@ class SegmentTask:
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         x, y = batch[0].to(device), batch[1].to(device)
-        return {"loss": dice_bce(model(x), y)}
+        return {"loss": self.loss_fn(model(x), y)}
 
     @torch.inference_mode()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
@@ -229,7 +303,7 @@ class SegmentTask:
         sums, total, n = np.zeros(4, np.int64), 0.0, 0
         for x, y in self.val:
             logits = model(x.to(device)).float().cpu()
-            total += float(dice_bce(logits, y)) * len(x)
+            total += float(self.loss_fn(logits, y)) * len(x)
             n += len(x)
             sums += overlap_counts(logits.numpy() > 0, y.numpy() > 0.5)
         tp, fp, fn, _ = sums
@@ -258,11 +332,13 @@ def train_segmenter(train: Sequence[FluidScan], val: Sequence[FluidScan], cfg: M
     cfg = {**DEFAULT_SEGMENT, **cfg}
     seed_everything(int(cfg["seed"]))
     model = build_unet(cfg["pretrained"] if resume is None else "none").to(device)
-    meta = {"format": SEG_FORMAT, "config": cfg, "threshold": 0.5}
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout
+    meta = {"format": SEG_FORMAT, "config": cfg, "threshold": float(cfg["threshold"])}
     task = SegmentTask(model, train, val, cfg, meta, decoded)
     loop = LoopConfig(batch=int(cfg["batch"]), weight_decay=float(cfg["weight_decay"]), workers=int(cfg["workers"]),
-                      amp=bool(cfg["amp"]), seed=int(cfg["seed"]), patience=int(cfg["patience"]),
-                      sampler=resample_to(int(cfg["min_steps"]), int(cfg["batch"])),
+                      amp=bool(cfg["amp"]), cpu_bf16=bool(cfg["cpu_bf16"]), seed=int(cfg["seed"]),
+                      patience=int(cfg["patience"]), sampler=resample_to(int(cfg["min_steps"]), int(cfg["batch"])),
                       augment=task.dataset.transforms)
     result = Trainer(task, loop, out_dir, device, time_limit_min=time_limit_min, log=log,
                      config={"segment": cfg}).fit(resume)
@@ -281,8 +357,9 @@ class FluidSegmenter:
         if not isinstance(ck, Mapping) or ck.get("format") != SEG_FORMAT:
             raise CheckpointError(weights, "not a lesiondet OCT fluid checkpoint",
                                   "pass best.pt from 'lesiondet oct segment train'")
-        self.cfg = {**DEFAULT_SEGMENT, **ck["config"]}
-        self.threshold = float(ck.get("threshold", 0.5))
+        # checkpoints from before the post-processing keys keep the inference they were scored with
+        self.cfg = {**DEFAULT_SEGMENT, **LEGACY_INFERENCE, **ck["config"]}
+        self.threshold = float(ck["config"].get("threshold", ck.get("threshold", 0.5)))
         self.device = resolve_device(device)
         self.model = build_unet("none")
         try:
@@ -294,8 +371,10 @@ class FluidSegmenter:
         self.tf = transforms(int(self.cfg["width"]), int(self.cfg["height"]), False)
 
     @torch.inference_mode()
-    def probability(self, img: np.ndarray, flip: bool = True) -> np.ndarray:
-        """Fluid probability per pixel of an RGB uint8 scan, averaged with the mirrored scan when ``flip``."""
+    def probability(self, img: np.ndarray, flip: bool | None = None) -> np.ndarray:
+        """Fluid probability per pixel of an RGB uint8 scan, averaged with the mirrored scan when ``flip``
+        (default: the checkpoint's ``tta_flip``)."""
+        flip = bool(self.cfg["tta_flip"]) if flip is None else flip
         x = torch.from_numpy(self.tf(image=img)["image"]).permute(2, 0, 1).float()[None].to(self.device)
         p = torch.sigmoid(self.model(x).float())
         if flip:
@@ -303,7 +382,9 @@ class FluidSegmenter:
         return cv2.resize(p[0, 0].cpu().numpy(), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     def mask(self, img: np.ndarray) -> np.ndarray:
-        return self.probability(img) >= self.threshold
+        """The fluid mask with the checkpoint's post-processing (cut, retina band, small regions dropped)."""
+        retina = retina_band(img) if self.cfg["retina_only"] else None
+        return clean_mask(self.probability(img), self.threshold, int(self.cfg["min_region_px"]), retina)
 
 
 def fluid_area_mm2(pixels: int, spacing: Sequence[float]) -> float:

@@ -1,12 +1,14 @@
 """The shipped default models: files in this folder, each checked against a SHA-256 written here.
 
-``lesiondet detect img.jpg --grade`` runs with these when no ``--weights`` is given.
+``lesiondet detect img.jpg --grade``, ``oct predict``, ``oct predict --seg`` and
+``oct segment predict`` run with these when no ``--weights`` is given.
 Their training commands, data, held-out figures and intended use are in
 ``docs/models.md``. A file whose digest differs from the one below is refused:
 a damaged or swapped model must not grade anyone's eyes silently.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +22,25 @@ HERE = Path(__file__).resolve().parent
 SHIPPED: dict[str, str] = {
     "detector.pt": "906e0582a3136b7a159cf9971d4c3a92b5d6c6d821d067002655706a8e1fc9b2",
     "grader.pt": "6b39b3d8f02e2416981469381752ddc7662652081da1e8a136422840d6235266",
+    "oct.pt": "d881ff7ba430e432af378565f6189672449248ce12bca6961b7976ec7664325f",
+    "fluid.pt": "4983f2db609c4d2df5b9620d02f9ac998aacd8aba777cfc52a74b071025a1ebc",
 }
 
 DETECTOR = "detector.pt"
 GRADER = "grader.pt"
+OCT = "oct.pt"  # OCT B-scan classifier (CNV / DME / DRUSEN / NORMAL)
+FLUID = "fluid.pt"  # OCT fluid U-Net
 
 
 def sha256(path: str | Path) -> str:
+    """The file's SHA-256; remembered for the file as it is (path, size, mtime), since a run asks twice
+    for each shipped model (the digest check, then the name of its ONNX copy)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -55,16 +69,34 @@ def default_grader() -> Path:
     return shipped(GRADER)
 
 
-def ship_checkpoint(src: str | Path, dst: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Copy a run's ``best.pt`` for shipping: weights in fp16, training state dropped; returns size and digest."""
+def default_oct() -> Path:
+    return shipped(OCT)
+
+
+def default_fluid() -> Path:
+    return shipped(FLUID)
+
+
+def _half(x: Any) -> Any:
+    """Floating tensors in fp16, through nested dicts (the OCT linear head keeps its body under ``heads``)."""
     import torch
 
+    if torch.is_tensor(x):
+        return x.half() if x.is_floating_point() else x
+    if isinstance(x, Mapping):
+        return {k: _half(v) for k, v in x.items()}
+    return x
+
+
+def ship_checkpoint(src: str | Path, dst: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Copy a run's ``best.pt`` for shipping: weights in fp16, training state dropped; returns size and digest."""
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(src)
     keep = {k: v for k, v in ck.items() if k not in TRAINING_STATE}
-    keep["model"] = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v
-                     for k, v in ck["model"].items()}
+    for key in ("model", "heads"):
+        if key in keep:
+            keep[key] = _half(keep[key])
     keep.update(extra or {})
     save_checkpoint(dst, keep)
     return {"path": str(dst), "bytes": Path(dst).stat().st_size, "sha256": sha256(dst)}

@@ -110,3 +110,30 @@ def test_schedule_warms_up_then_decays_by_iterations_or_by_the_clock():
     assert s(110) == pytest.approx(0.01)
     s.time_progress = 1.0  # the time budget is spent: the rate is at its floor whatever the iteration
     assert s(20) == pytest.approx(0.01)
+
+
+class DtypeSpy(LineTask):
+    """Records the dtype the model's output had inside the loop's autocast."""
+
+    def __init__(self):
+        super().__init__(epochs=(1, 1))
+        self.dtypes = set()
+
+    def loss(self, model, batch, device):
+        x, y = batch
+        out = model(x)
+        self.dtypes.add(out.dtype)
+        return {"loss": nn.functional.mse_loss(out.float(), y)}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_autocasts_only_where_the_cpu_has_bf16_natively(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    task, result = _fit(tmp_path, DtypeSpy(), cpu_bf16=True)
+    assert task.dtypes == ({torch.bfloat16} if native else {torch.float32})
+    assert all(math.isfinite(r["val_mse"]) for r in result["history"])
+
+
+def test_without_cpu_bf16_the_cpu_trains_in_float32(tmp_path):
+    task, _ = _fit(tmp_path, DtypeSpy())
+    assert task.dtypes == {torch.float32}

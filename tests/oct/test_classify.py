@@ -104,6 +104,29 @@ def test_linear_head_separates_the_synthetic_classes(oct_run, oct_sample):
     assert np.allclose(proba.sum(1), 1.0)
 
 
+def test_the_linear_head_is_one_head_per_input_size_with_probabilities_averaged(oct_run, oct_sample, tmp_path):
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+    from lesiondet.nn.logistic import PlainLogistic
+    from lesiondet.oct.classify import linear_proba, transforms
+
+    ck = load_checkpoint(oct_run / "best.pt")
+    lin = ck["heads"]["linear"]
+    assert lin["sizes"] == [64, 96] and len(lin["heads"]) == 2
+    clf = OctClassifier(oct_run / "best.pt", head="linear", device="cpu")
+    img = read_scan(read_oct_data(oct_sample)[0].path)
+    per_size = []
+    with torch.inference_mode():
+        for z, head in zip(lin["sizes"], lin["heads"]):
+            x = torch.from_numpy(transforms(z, False)(image=img)["image"]).permute(2, 0, 1)[None].float()
+            per_size.append(linear_proba(PlainLogistic.from_dict(head), clf.model.features(x).numpy(), 4))
+    assert np.allclose(clf.predict_proba_arrays([img]), (per_size[0] + per_size[1]) / 2, atol=1e-5)
+    # a checkpoint from before the per-size heads: one head, at the network's size
+    old = {**ck, "heads": {**ck["heads"], "linear": {"body": lin["body"], "head": lin["head"]}}}
+    save_checkpoint(tmp_path / "old.pt", old)
+    legacy = OctClassifier(tmp_path / "old.pt", head="linear", device="cpu")
+    assert legacy.sizes == [64] and np.allclose(legacy.predict_proba_arrays([img]), per_size[0], atol=1e-5)
+
+
 def test_predict_prints_class_and_probabilities_and_saves_a_picture(oct_run, oct_sample, tmp_path, capsys):
     scan = sorted((oct_sample / "DME").iterdir())[0]
     assert main(["oct", "predict", str(scan), "--weights", str(oct_run / "best.pt"), "--topk", "2",

@@ -120,3 +120,101 @@ def test_eval_with_spacing_reports_each_scans_absolute_area_error_in_mm2():
     assert m["per_scan"][0]["fluid_mm2_true"] == pytest.approx(0.15)
     assert m["area_abs_error_mm2_mean"] == pytest.approx(0.0375)
     assert "area_abs_error_mm2_mean" not in segmentation_metrics(rows, np.array([2000, 500, 1000, 10000]))
+
+
+def test_clean_mask_cuts_keeps_the_retina_and_drops_specks_smaller_than_the_limit():
+    from lesiondet.oct.segment import clean_mask
+
+    prob = np.zeros((40, 60), np.float32)
+    prob[5:15, 5:15] = 0.9      # a region of 100 px
+    prob[30:32, 40:42] = 0.9    # a speck of 4 px
+    prob[20:25, 20:30] = 0.45   # below the cut
+    assert clean_mask(prob, 0.5).sum() == 104
+    assert clean_mask(prob, 0.4).sum() == 154
+    assert clean_mask(prob, 0.5, min_region_px=5).sum() == 100  # the speck goes, the region stays
+    retina = np.zeros_like(prob, bool)
+    retina[:, 30:] = True
+    assert clean_mask(prob, 0.5, retina=retina).sum() == 4  # only what lies inside the band
+
+
+def test_the_retina_band_spans_the_bright_layers_and_leaves_vitreous_and_deep_choroid_out():
+    from lesiondet.oct.segment import retina_band
+
+    img = np.full((200, 80), 20, np.uint8)
+    img[:20] = 255              # white export padding: not retina
+    img[60:66] = 200            # nerve fibre layer
+    img[66:110] = 70            # inner retina, with a dark fluid pocket
+    img[80:90, 30:50] = 15
+    img[110:116] = 230          # RPE
+    band = retina_band(np.dstack([img] * 3), margin_px=5)
+    assert band[85, 40] and band[62, 10] and band[113, 70]   # fluid, NFL and RPE inside
+    assert not band[10, 10] and not band[40, 10]             # padding and vitreous outside
+    assert not band[150, 10]                                 # deep choroid outside
+
+
+def test_an_unknown_loss_or_augmentation_is_one_error_naming_the_choices():
+    from lesiondet.oct.segment import segment_loss, transforms
+
+    with pytest.raises(LesiondetError, match="dice_bce"):
+        segment_loss("lovasz")
+    with pytest.raises(LesiondetError, match="strong"):
+        transforms(64, 32, True, "wild")
+
+
+@pytest.mark.parametrize("loss", ["dice_bce", "dice_focal"])
+def test_both_losses_fall_when_the_prediction_moves_towards_the_mask(loss):
+    import torch
+
+    from lesiondet.oct.segment import segment_loss
+
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:10, 4:10] = 1
+    fn = segment_loss(loss)
+    far, near = torch.zeros_like(target), (target * 2 - 1) * 3
+    assert float(fn(near, target)) < float(fn(far, target))
+
+
+def test_strong_augmentation_keeps_scan_and_mask_aligned_and_sized():
+    from lesiondet.oct.segment import transforms
+
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[10:30, 20:40] = 200
+    mask = (img[..., 0] > 0).astype(np.uint8)
+    tf = transforms(64, 48, True, "strong")
+    for seed in range(5):
+        import random
+
+        random.seed(seed)
+        np.random.seed(seed)
+        t = tf(image=img, mask=mask)
+        assert t["image"].shape == (48, 64, 3) and t["mask"].shape == (48, 64)
+        inside = t["mask"] > 0
+        assert inside.any()  # the bright block moved, and its mask with it
+        assert t["image"][inside].mean() > t["image"][~inside].mean() + 1
+
+
+def _fluid_checkpoint(path, config):
+    from lesiondet.engine.checkpoint import save_checkpoint
+    from lesiondet.oct.segment import SEG_FORMAT, build_unet
+
+    save_checkpoint(path, {"format": SEG_FORMAT, "config": config, "threshold": 0.5,
+                           "model": build_unet("none").state_dict()})
+    return path
+
+
+def test_the_checkpoint_carries_its_post_processing_and_older_ones_keep_theirs(tmp_path, monkeypatch):
+    from lesiondet.oct import segment
+    from lesiondet.oct.segment import FluidSegmenter
+
+    new = FluidSegmenter(_fluid_checkpoint(tmp_path / "new.pt", {"width": 64, "height": 32, "threshold": 0.3,
+                                                                  "min_region_px": 20, "tta_flip": False}), "cpu")
+    assert new.threshold == 0.3 and new.cfg["min_region_px"] == 20 and not new.cfg["tta_flip"]
+    old = FluidSegmenter(_fluid_checkpoint(tmp_path / "old.pt", {"width": 64, "height": 32}), "cpu")
+    assert old.threshold == 0.5 and old.cfg["min_region_px"] == 0 and old.cfg["tta_flip"]
+    # mask() applies them: a probability map with a big region and a speck
+    prob = np.zeros((32, 64), np.float32)
+    prob[5:15, 5:25], prob[25, 50] = 0.35, 0.35
+    monkeypatch.setattr(new, "probability", lambda img: prob)
+    monkeypatch.setattr(old, "probability", lambda img: prob)
+    img = np.zeros((32, 64, 3), np.uint8)
+    assert new.mask(img).sum() == 200 and old.mask(img).sum() == 0
