@@ -418,7 +418,7 @@ def _oct_weights(weights: str | Path | None) -> Path:
 def _fluid_weights(weights: str | Path | bool | None) -> Path:
     from lesiondet.weights import default_fluid
 
-    return default_fluid() if weights is None or weights is True or weights == "default" else Path(weights)
+    return default_fluid() if weights is None or weights is True else Path(weights)
 
 
 def oct_predict(images: Sequence[str | Path], weights: str | Path | None = None, *, head: str | None = None,

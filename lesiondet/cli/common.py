@@ -51,7 +51,7 @@ def fraction(s: str) -> float:
     return v
 
 
-def fraction_or_none(s: str) -> float:
+def fraction_or_zero(s: str) -> float:
     """A held-out share below 1, or 0: train on everything (the final model, once a recipe is chosen)."""
     try:
         if float(s) == 0:

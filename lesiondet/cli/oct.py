@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiondet.cli.common import (Parser, add_trust_legacy, error, fraction_or_none, positive_float, positive_int,
+from lesiondet.cli.common import (Parser, add_trust_legacy, error, fraction_or_zero, positive_float, positive_int,
                                   say)
 
 
@@ -15,7 +15,7 @@ def add(sub) -> None:
     ot.add_argument("--data", required=True, help="folder with CNV/ DME/ DRUSEN/ NORMAL/ sub-folders, or a CSV")
     og = ot.add_mutually_exclusive_group()
     og.add_argument("--val", help="validation folder or CSV (default: hold out patients from --data)")
-    og.add_argument("--val-split", type=fraction_or_none, default=0.2,
+    og.add_argument("--val-split", type=fraction_or_zero, default=0.2,
                     help="share of patients held out (default 0.2; 0: train on all, the final model)")
     ot.add_argument("--head", choices=("finetune", "linear", "both"), default="both",
                     help="fine-tuned CNN, logistic regression on frozen features, or both (default)")
@@ -61,7 +61,7 @@ def add_segment(osub) -> None:
                                                  "image,mask[,subject] with paths relative to it")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--val", help="validation folder or CSV (other subjects)")
-    g.add_argument("--val-split", type=fraction_or_none, default=0.2,
+    g.add_argument("--val-split", type=fraction_or_zero, default=0.2,
                    help="share of subjects held out (default 0.2; 0: train on all and keep the last epoch)")
     t.add_argument("--config", help="YAML with a segment: section (defaults in lesiondet/config/defaults.yaml)")
     t.add_argument("--epochs", type=positive_int)

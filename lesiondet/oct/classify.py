@@ -310,6 +310,7 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
         clfs = [fit_linear_head(extract_features(model, train_samples, z, device), labels, classes) for z in sizes]
         # Cloned: fine-tuning below changes the body's tensors in place.
         body = {k: v.detach().cpu().clone() for k, v in model.body.state_dict().items()}
+        # "head" alone is what lesiondet < 0.4 reads
         meta["heads"]["linear"] = {"body": body, "head": clfs[0].to_dict(), "sizes": sizes,
                                    "heads": [c.to_dict() for c in clfs]}
         if val_samples:
@@ -377,14 +378,13 @@ class OctClassifier:
         except RuntimeError:
             raise CheckpointError(weights, "weights do not match the model they describe",
                                   "retrain, or use the lesiondet version that wrote it") from None
-        # lesiondet 0.1 kept the scikit-learn pipeline itself (loaded only with trust_legacy)
-        self.clf = PlainLogistic.from_dict(h["head"]) if "head" in h else h.get("clf")
-        # linear heads per input size (lesiondet >= 0.4); older checkpoints have one, at the network's size
+        # Linear heads per input size (lesiondet >= 0.4); older checkpoints have one, at the network's
+        # size, and lesiondet 0.1 kept the scikit-learn pipeline itself (loaded only with trust_legacy).
         self.sizes = [int(z) for z in h.get("sizes", [self.cfg["size"]])] if self.head == "linear" \
             else [int(self.cfg["size"])]
-        self.clfs = [PlainLogistic.from_dict(d) for d in h["heads"]] if "heads" in h else [self.clf]
+        self.clfs = [PlainLogistic.from_dict(d) for d in h["heads"]] if "heads" in h else \
+            [PlainLogistic.from_dict(h["head"]) if "head" in h else h.get("clf")]
         self.model.to(self.device).eval()
-        self.tf = transforms(self.cfg["size"], False)
         self.tfs = [transforms(z, False) for z in self.sizes]
 
     @torch.inference_mode()
@@ -396,7 +396,7 @@ class OctClassifier:
         if self.head == "linear":
             return sum(linear_proba(c, self.model.features(batch(tf)).cpu().numpy(), len(self.classes))
                        for c, tf in zip(self.clfs, self.tfs)) / len(self.clfs)
-        return torch.softmax(self.model(batch(self.tf)).float(), 1).cpu().numpy()
+        return torch.softmax(self.model(batch(self.tfs[0])).float(), 1).cpu().numpy()
 
     def predict_proba(self, paths: Sequence[str | Path], batch: int = 16, progress: bool = False) -> np.ndarray:
         out = []

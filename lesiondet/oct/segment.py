@@ -359,7 +359,7 @@ class FluidSegmenter:
                                   "pass best.pt from 'lesiondet oct segment train'")
         # checkpoints from before the post-processing keys keep the inference they were scored with
         self.cfg = {**DEFAULT_SEGMENT, **LEGACY_INFERENCE, **ck["config"]}
-        self.threshold = float(ck["config"].get("threshold", ck.get("threshold", 0.5)))
+        self.threshold = float(self.cfg["threshold"])
         self.device = resolve_device(device)
         self.model = build_unet("none")
         try:
