@@ -673,6 +673,7 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
             referable_score=o["p_referable"], maculopathy_true=[i.maculopathy for i in items],
             maculopathy_score=o["p_maculopathy"], patients=[i.patient for i in items])
     report["cuts"], report["referable_thresholds"] = readout.cuts, readout.thresholds
+    report["fusion"] = readout.fusion  # the CNN block's share of each fused output (stacked readouts)
     run_dir = next_run_dir(Path(out).parent, Path(out).name)
     best = "cnn+lesions" if "cnn+lesions" in oof else "cnn"
     m = report["out_of_fold"][best]

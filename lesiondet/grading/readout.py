@@ -12,20 +12,26 @@ its pooled features read at several input sizes (224 px sees the whole eye,
 * a multinomial one gives the grade probabilities that are reported.
 
 The lesion evidence (``grading.learned.features`` of the detector's boxes) is a
-second block of the same four models. The variant ``cnn+lesions`` averages the
-two blocks' scores and logits (late fusion: neither block's many features drown
-the other's few). The cut points and the referable threshold of each variant are
-tuned on out-of-fold predictions, grouped by patient, so every photograph
+second block of the same four models. The variant ``cnn+lesions`` mixes the two
+blocks' scores, logits and probabilities (late fusion: neither block's many
+features drown the other's few). With ``readout_fusion: stacked`` each output's
+mix is the weight that fits the out-of-fold predictions best (squared error for
+the grade score, log-loss for the rest), so a weak block is weighted down instead
+of pulling a strong one halfway to it; ``mean`` is the plain average older
+checkpoints used. The weights, cut points and referable threshold of each variant
+are tuned on out-of-fold predictions, grouped by patient, so every photograph
 trains the models and none is set aside for tuning.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lesiondet.errors import LesiondetError
 
 N_GRADES = 5
 #: which blocks each variant averages; ``cnn+lesions`` needs the detector's lesion features at prediction time
@@ -105,9 +111,49 @@ def fit_block(X: np.ndarray, grade: np.ndarray, referable: np.ndarray, maculopat
                  prob_w, prob_b)
 
 
-def fuse(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Late fusion: the mean of the blocks' scores, logits and probabilities."""
-    return {k: np.mean([o[k] for o in outputs], axis=0) for k in ("score", "ref", "mac", "probs")}
+OUTPUTS = ("score", "ref", "mac", "probs")
+FUSIONS = ("stacked", "mean")
+#: the grid of stacking weights (the first block's share; the second block gets the rest)
+FUSION_GRID = tuple(round(0.05 * k, 2) for k in range(21))
+
+
+def fuse(outputs: Sequence[Mapping[str, np.ndarray]], weights: Mapping[str, float] | None = None
+         ) -> dict[str, np.ndarray]:
+    """Late fusion of one or two blocks: per output, ``w * first + (1 - w) * second``; no weights: the mean."""
+    if len(outputs) == 1:
+        return {k: outputs[0][k] for k in OUTPUTS}
+    out = {}
+    for k in OUTPUTS:
+        w = 0.5 if weights is None else float(weights.get(k, 0.5))
+        out[k] = (w * outputs[0][k] + (1 - w) * outputs[1][k]) if len(outputs) == 2 else \
+            np.mean([o[k] for o in outputs], axis=0)
+    return out
+
+
+def _fusion_loss(k: str, pred: np.ndarray, y: np.ndarray, ref: np.ndarray, mac: np.ndarray) -> float:
+    """How well one fused output fits: squared error of the grade score, log-loss of the probabilities."""
+    eps = 1e-7
+    if k == "score":
+        return float(np.mean((pred - y) ** 2))
+    if k == "probs":
+        return float(-np.mean(np.log(np.clip(pred[np.arange(len(y)), y], eps, 1))))
+    t, keep = (ref, np.ones(len(ref), bool)) if k == "ref" else (mac, mac >= 0)
+    if not keep.any():
+        return 0.0
+    p = np.clip(_sigmoid(pred[keep]), eps, 1 - eps)
+    return float(-np.mean(t[keep] * np.log(p) + (1 - t[keep]) * np.log(1 - p)))
+
+
+def stack_weights(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray], y: np.ndarray,
+                  ref: np.ndarray, mac: np.ndarray) -> dict[str, float]:
+    """Per output, the first block's share (on ``FUSION_GRID``) that fits out-of-fold predictions best; ties
+    go to the share nearest an even mix."""
+    weights = {}
+    for k in OUTPUTS:
+        losses = [(_fusion_loss(k, w * first[k] + (1 - w) * second[k], y, ref, mac), abs(w - 0.5), w)
+                  for w in FUSION_GRID]
+        weights[k] = min(losses)[2]
+    return weights
 
 
 @dataclass
@@ -120,6 +166,8 @@ class Readout:
     thresholds: dict[str, float]  # variant → referable threshold on its P(referable)
     sensitivity: float  # the referable sensitivity the thresholds were tuned for (out of fold)
     tta: bool = True  # features averaged over the photograph and its two mirrors (as fitted, so as predicted)
+    fusion: dict[str, dict[str, float]] = field(default_factory=dict)  # variant → the first block's share
+    # per output (stacked); a variant not listed averages its blocks (checkpoints before stacking)
 
     def variant(self, lesions: bool) -> str:
         return "cnn+lesions" if lesions and "lesions" in self.blocks else "cnn"
@@ -130,7 +178,7 @@ class Readout:
 
         name = self.variant(L is not None)
         feats = {"cnn": E, "lesions": L}
-        d = fuse([self.blocks[b].outputs(feats[b]) for b in VARIANTS[name]])
+        d = fuse([self.blocks[b].outputs(feats[b]) for b in VARIANTS[name]], self.fusion.get(name))
         p_ref, p_mac = _sigmoid(d["ref"]), _sigmoid(d["mac"])
         grade = apply_cuts(d["score"], self.cuts[name])
         return {"variant": name, "grade": grade, "score": d["score"], "probabilities": d["probs"],
@@ -139,14 +187,16 @@ class Readout:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sizes": list(self.sizes), "blocks": {k: b.to_dict() for k, b in self.blocks.items()},
-                "cuts": self.cuts, "thresholds": self.thresholds, "sensitivity": self.sensitivity, "tta": self.tta}
+                "cuts": self.cuts, "thresholds": self.thresholds, "sensitivity": self.sensitivity, "tta": self.tta,
+                "fusion": self.fusion}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Readout:
         return cls([int(s) for s in d["sizes"]], {k: Block.from_dict(b) for k, b in d["blocks"].items()},
                    {k: [float(c) for c in v] for k, v in d["cuts"].items()},
                    {k: float(v) for k, v in d["thresholds"].items()}, float(d["sensitivity"]),
-                   bool(d.get("tta", True)))
+                   bool(d.get("tta", True)),
+                   {v: {k: float(w) for k, w in ws.items()} for v, ws in dict(d.get("fusion") or {}).items()})
 
 
 def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequence[Path], sizes: Sequence[int],
@@ -218,14 +268,19 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
     params = {"cnn": (float(cfg["readout_ridge"]), float(cfg["readout_C"])),
               "lesions": (float(cfg["lesion_ridge"]), float(cfg["lesion_C"]))}
     names = [v for v, bs in VARIANTS.items() if all(b in feats for b in bs)]
-    oof = {v: {"score": np.zeros(len(y)), "ref": np.zeros(len(y)), "mac": np.zeros(len(y)),
-               "probs": np.zeros((len(y), N_GRADES))} for v in names}
+    per_block = {b: {"score": np.zeros(len(y)), "ref": np.zeros(len(y)), "mac": np.zeros(len(y)),
+                     "probs": np.zeros((len(y), N_GRADES))} for b in feats}
     for tr, te in group_folds(list(patients), y, int(cfg["readout_folds"]), int(cfg["seed"]), "photographs"):
         blocks = _fit_blocks(feats, tr, y, ref, mac, params)
-        for v in names:
-            d = fuse([blocks[b].outputs(feats[b][te]) for b in VARIANTS[v]])
-            for k in oof[v]:
-                oof[v][k][te] = d[k]
+        for b, o in per_block.items():
+            for k, v in blocks[b].outputs(feats[b][te]).items():
+                o[k][te] = v
+    fusion_mode = str(cfg["readout_fusion"])
+    if fusion_mode not in FUSIONS:
+        raise LesiondetError(None, f"unknown readout_fusion '{fusion_mode}'", f"use one of {', '.join(FUSIONS)}")
+    fusion = {v: stack_weights(*[per_block[b] for b in VARIANTS[v]], y, ref, mac)
+              for v in names if len(VARIANTS[v]) == 2 and fusion_mode == "stacked"}
+    oof = {v: fuse([per_block[b] for b in VARIANTS[v]], fusion.get(v)) for v in names}
     sens = float(cfg["referable_sensitivity"])
     cuts, thresholds = {}, {}
     for v in names:
@@ -236,7 +291,7 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
         thresholds[v] = _referable_threshold(o["p_referable"], o["grade"], ref.astype(bool), sens)
         o["referable"] = (o["grade"] >= 2) | (o["p_referable"] >= thresholds[v])
     blocks = _fit_blocks(feats, np.arange(len(y)), y, ref, mac, params)
-    return Readout([int(s) for s in sizes], blocks, cuts, thresholds, sens, tta), oof
+    return Readout([int(s) for s in sizes], blocks, cuts, thresholds, sens, tta, fusion), oof
 
 
 def _referable_threshold(p: np.ndarray, grade: np.ndarray, truth: np.ndarray, sensitivity: float) -> float:

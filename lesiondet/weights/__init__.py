@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
-    "detector.pt": "906e0582a3136b7a159cf9971d4c3a92b5d6c6d821d067002655706a8e1fc9b2",
-    "grader.pt": "6b39b3d8f02e2416981469381752ddc7662652081da1e8a136422840d6235266",
+    "detector.pt": "0c33e46892731df38b4dab8ecb8f742e3cf1226084890bfb44333de1841a1caa",
+    "grader.pt": "138c2904d21a968d92772ea67250e3ac44c545e37976f8a6652b61d908b881dc",
     "oct.pt": "d881ff7ba430e432af378565f6189672449248ce12bca6961b7976ec7664325f",
     "fluid.pt": "4983f2db609c4d2df5b9620d02f9ac998aacd8aba777cfc52a74b071025a1ebc",
 }

@@ -5,7 +5,7 @@ from lesiondet.grading.learned import quadratic_weighted_kappa as qwk
 from lesiondet.grading.readout import Readout, fit_readout
 
 CFG = {"readout_ridge": 10.0, "readout_C": 0.1, "lesion_ridge": 1.0, "lesion_C": 1.0, "readout_folds": 5,
-       "seed": 0, "referable_sensitivity": 0.9}
+       "readout_fusion": "stacked", "seed": 0, "referable_sensitivity": 0.9}
 
 
 def graded_set(n_patients=80, signal=1.0, seed=0):
@@ -147,3 +147,36 @@ def test_the_grader_reads_features_the_way_its_readout_was_fitted(monkeypatch):
     g.predict_images([np.zeros((8, 8, 3), np.uint8)] * 2)
     g.predict_images([np.zeros((8, 8, 3), np.uint8)] * 2, tta=False)  # an explicit choice wins
     assert calls == [False, True, False]
+
+
+def test_stacking_weighs_down_a_block_that_only_adds_noise():
+    from lesiondet.grading.readout import stack_weights
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 400)
+    ref, mac = (y >= 2).astype(int), -np.ones(400, int)
+
+    def block(noise):
+        score = y + noise * rng.normal(size=400)
+        probs = np.full((400, 5), 0.2)
+        return {"score": score, "ref": 3 * (score - 1.5), "mac": np.zeros(400), "probs": probs}
+
+    good, bad = block(0.3), block(3.0)
+    w = stack_weights(good, bad, y, ref, mac)
+    assert w["score"] >= 0.8 and w["ref"] >= 0.8
+    assert stack_weights(bad, good, y, ref, mac)["score"] <= 0.2  # the weight follows the block, not its place
+    assert w["probs"] == 0.5 and w["mac"] == 0.5  # blocks that are equally (un)informative stay an even mix
+
+
+def test_a_stacked_readout_keeps_its_weights_and_older_ones_average_their_blocks():
+    E, L, y, ref, mac, pat = graded_set(signal=0.6)
+    readout, oof = fit(E, L, y, ref, mac, pat)
+    assert set(readout.fusion) == {"cnn+lesions"} and set(readout.fusion["cnn+lesions"]) == {"score", "ref", "mac",
+                                                                                              "probs"}
+    again = Readout.from_dict(readout.to_dict())
+    assert again.fusion == readout.fusion
+    older = Readout.from_dict({k: v for k, v in readout.to_dict().items() if k != "fusion"})
+    a, b = readout.blocks["cnn"].outputs(E), readout.blocks["lesions"].outputs(L)
+    assert np.allclose(older.predict(E, L)["score"], (a["score"] + b["score"]) / 2)
+    mean, _ = fit(E, L, y, ref, mac, pat, {**CFG, "readout_fusion": "mean"})
+    assert mean.fusion == {}
