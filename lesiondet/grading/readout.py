@@ -34,7 +34,7 @@ import numpy as np
 from lesiondet.errors import LesiondetError
 
 N_GRADES = 5
-#: which blocks each variant averages; ``cnn+lesions`` needs the detector's lesion features at prediction time
+#: which blocks each variant mixes; ``cnn+lesions`` needs the detector's lesion features at prediction time
 VARIANTS: dict[str, tuple[str, ...]] = {"cnn": ("cnn",), "cnn+lesions": ("cnn", "lesions")}
 
 
@@ -122,12 +122,9 @@ def fuse(outputs: Sequence[Mapping[str, np.ndarray]], weights: Mapping[str, floa
     """Late fusion of one or two blocks: per output, ``w * first + (1 - w) * second``; no weights: the mean."""
     if len(outputs) == 1:
         return {k: outputs[0][k] for k in OUTPUTS}
-    out = {}
-    for k in OUTPUTS:
-        w = 0.5 if weights is None else float(weights.get(k, 0.5))
-        out[k] = (w * outputs[0][k] + (1 - w) * outputs[1][k]) if len(outputs) == 2 else \
-            np.mean([o[k] for o in outputs], axis=0)
-    return out
+    first, second = outputs
+    w = {k: 0.5 if weights is None else float(weights.get(k, 0.5)) for k in OUTPUTS}
+    return {k: w[k] * first[k] + (1 - w[k]) * second[k] for k in OUTPUTS}
 
 
 def _fusion_loss(k: str, pred: np.ndarray, y: np.ndarray, ref: np.ndarray, mac: np.ndarray) -> float:
