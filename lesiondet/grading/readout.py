@@ -256,6 +256,9 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
     from lesiondet.grading.cnn import apply_cuts, tune_cuts
     from lesiondet.io.splits import group_folds
 
+    fusion_mode = str(cfg["readout_fusion"])
+    if fusion_mode not in FUSIONS:  # before any model is fitted
+        raise LesiondetError(None, f"unknown readout_fusion '{fusion_mode}'", f"use one of {', '.join(FUSIONS)}")
     y = np.asarray(grades, int)
     ref = np.asarray(referable, bool).astype(int)
     mac = np.array([-1 if m is None else int(m) for m in maculopathy])
@@ -272,9 +275,6 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
         for b, o in per_block.items():
             for k, v in blocks[b].outputs(feats[b][te]).items():
                 o[k][te] = v
-    fusion_mode = str(cfg["readout_fusion"])
-    if fusion_mode not in FUSIONS:
-        raise LesiondetError(None, f"unknown readout_fusion '{fusion_mode}'", f"use one of {', '.join(FUSIONS)}")
     fusion = {v: stack_weights(*[per_block[b] for b in VARIANTS[v]], y, ref, mac)
               for v in names if len(VARIANTS[v]) == 2 and fusion_mode == "stacked"}
     oof = {v: fuse([per_block[b] for b in VARIANTS[v]], fusion.get(v)) for v in names}
