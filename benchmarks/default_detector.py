@@ -68,9 +68,15 @@ def main() -> int:
     weights = RUN / "train" / "best.pt"
     if a.ship:
         sys.path.insert(0, str(ROOT))
+        from lesiondet.detection.predict import checkpoint_tiling
+        from lesiondet.engine.checkpoint import load_checkpoint
         from lesiondet.weights import ship_checkpoint
 
-        print(ship_checkpoint(a.ship_from or weights, ROOT / "lesiondet" / "weights" / "detector.pt"))
+        src = a.ship_from or weights
+        # Every inference setting written out, defaults added since training included (merge_pad): what the
+        # shipped file does must not change when a default does.
+        tiling = checkpoint_tiling(load_checkpoint(src))
+        print(ship_checkpoint(src, ROOT / "lesiondet" / "weights" / "detector.pt", {"tiling": tiling}))
         return 0
     if a.resume:
         lesiondet("train", "--resume", str(RUN / "train" / "last.pt"), "--time-limit", str(a.minutes),

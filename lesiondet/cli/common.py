@@ -67,7 +67,8 @@ overlap = number_in(0.0, 0.9, hi_included=False)
 
 def tiling_overrides(a: argparse.Namespace) -> dict:
     """Slicing options given on the command line (None: keep what the checkpoint says)."""
-    return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "nested_ios": a.nested_ios,
+    return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "merge_pad": a.merge_pad,
+            "nested_ios": a.nested_ios,
             "slice": False if a.no_slice else None, "tta": True if a.tta else None}
 
 
@@ -76,6 +77,9 @@ def add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile", type=positive_int, help="tile side in model pixels")
     g.add_argument("--overlap", type=overlap, help="share of a tile that neighbours overlap (0-0.9)")
     g.add_argument("--merge", choices=("nms", "wbf"), help="merge tiles by class-wise NMS or weighted box fusion")
+    g.add_argument("--merge-pad", type=number_in(0.0, 64.0, hi_included=True), metavar="PX",
+                   help="model px added round each box before the merge's IoU, so a tiny lesion seen a pixel off "
+                        "by two tiles is one box (default 8; 0: plain IoU)")
     g.add_argument("--nested-ios", type=score, metavar="S",
                    help="drop a box lying this share inside a better one of its class (default 0.8; 0: keep all)")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")

@@ -121,9 +121,13 @@ def forward(model: torch.nn.Module, images: Sequence[torch.Tensor], flip: bool =
 
 def merge_passes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, tiling: Mapping[str, Any],
                  max_det: int = 1000) -> dict[str, torch.Tensor]:
-    """Detections from several passes over one image merged per class the way ``tiling`` says."""
+    """Detections from several passes over one image merged per class the way ``tiling`` says.
+
+    ``merge_pad`` is in the model's pixels; tiles show the image at ``zoom``, so it is ``pad / zoom`` here.
+    """
+    zoom = float(tiling["zoom"]) if isinstance(tiling.get("zoom"), (int, float)) else 1.0
     b, s, lab = merge_detections(boxes, scores, labels, tiling["merge"], float(tiling["merge_iou"]), max_det,
-                                 float(tiling.get("nested_ios", 0.0)))
+                                 float(tiling.get("nested_ios", 0.0)), float(tiling.get("merge_pad", 0.0)) / zoom)
     return {"boxes": b, "scores": s, "labels": lab}
 
 
@@ -265,7 +269,7 @@ class Predictor:
     installed (``"auto"``, what ``lesiondet detect`` uses; ``export.runtime``).
 
     Every test-time switch is an argument here: ``score``, and slicing overrides
-    (``tile=``, ``overlap=``, ``slice=``, ``merge=``, ``nested_ios=``, ``tta=``). The
+    (``tile=``, ``overlap=``, ``slice=``, ``merge=``, ``merge_pad=``, ``nested_ios=``, ``tta=``). The
     network is built for them once; nothing is changed on it afterwards.
 
     ``score=None`` reports each class at the checkpoint's operating point (per-class thresholds,

@@ -44,6 +44,9 @@ def resolve_tiling(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise LesiondetError(None, f"tiling.tiles_per_image={tpi!r}", "use auto or a whole number >= 1")
     if not 0 <= float(out["nested_ios"]) <= 1:
         raise LesiondetError(None, f"tiling.nested_ios={out['nested_ios']!r}", "use a share between 0 and 1 (0: off)")
+    if not (isinstance(out["merge_pad"], (int, float)) and 0 <= out["merge_pad"] <= 64):
+        raise LesiondetError(None, f"tiling.merge_pad={out['merge_pad']!r}",
+                             "use a number of pixels from 0 to 64 (0: off)")
     if out["merge"] not in ("nms", "wbf"):
         raise LesiondetError(None, f"tiling.merge={out['merge']!r}", "use nms or wbf")
     if out["slice"] not in ("auto", True, False):

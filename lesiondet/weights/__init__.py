@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
-    "detector.pt": "0c33e46892731df38b4dab8ecb8f742e3cf1226084890bfb44333de1841a1caa",
-    "grader.pt": "138c2904d21a968d92772ea67250e3ac44c545e37976f8a6652b61d908b881dc",
+    "detector.pt": "c4a0160544148d8966e6d310a349ffc02ae8d07c2f36fade7a8446592f9e3aa2",
+    "grader.pt": "a730029b16cc744b3b93a346920000c936a23a99dcc0841b73dc58e53e4af224",
     "oct.pt": "d881ff7ba430e432af378565f6189672449248ce12bca6961b7976ec7664325f",
     "fluid.pt": "4983f2db609c4d2df5b9620d02f9ac998aacd8aba777cfc52a74b071025a1ebc",
 }

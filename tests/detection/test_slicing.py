@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections, suppress_nested, weighted_box_fusion
-from lesiondet.detection.predict import predict_tiles, sliced_predict
+from lesiondet.detection.predict import merge_passes, predict_tiles, sliced_predict
 from lesiondet.detection.slicing import (
     auto_zoom,
     crop_objects,
@@ -78,7 +78,7 @@ def test_auto_zoom_brings_small_lesions_to_the_target_and_never_shrinks():
 
 def test_bad_tiling_options_are_one_line_errors():
     for bad in ({"tile": 10}, {"overlap": 0.95}, {"merge": "vote"}, {"tyle": 512}, {"tiles_per_image": 0},
-                {"tta": "yes"}):
+                {"tta": "yes"}, {"merge_pad": -1}, {"merge_pad": "wide"}):
         with pytest.raises(LesiondetError):
             resolve_tiling(bad)
 
@@ -100,6 +100,30 @@ def test_nms_merge_keeps_one_box_per_lesion_seen_by_two_tiles():
     # Different classes at the same place are not merged.
     b, _, _ = merge_detections(boxes, scores, torch.tensor([1, 2, 1]), "nms", 0.5)
     assert len(b) == 3
+
+
+def test_padded_merge_keeps_one_box_for_a_tiny_lesion_seen_a_pixel_off_but_two_for_neighbours():
+    # one 5-px exudate seen 2 px apart by two passes (IoU 0.43), and a second one 12 px away
+    boxes = torch.tensor([[10.0, 10, 15, 15], [12.0, 10, 17, 15], [27.0, 10, 32, 15]])
+    scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([3, 3, 3])
+    assert len(merge_detections(boxes, scores, labels, "nms", 0.5)[0]) == 3  # plain IoU: a duplicate survives
+    for method in ("nms", "wbf"):
+        b, s, _ = merge_detections(boxes, scores, labels, method, 0.5, pad=4.0)
+        assert len(b) == 2 and s[1].item() == pytest.approx(0.7)
+    b, _, _ = merge_detections(boxes, scores, labels, "nms", 0.5, pad=4.0)
+    assert b.tolist() == [[10.0, 10, 15, 15], [27.0, 10, 32, 15]]  # boxes come back as found, not grown
+    # Large boxes 2 px apart were one lesion anyway; 4 px of padding does not join two 40-px ones 8 px apart.
+    big = torch.tensor([[0.0, 0, 40, 40], [48.0, 0, 88, 40]])
+    assert len(merge_detections(big, scores[:2], labels[:2], "nms", 0.5, pad=4.0)[0]) == 2
+
+
+def test_merge_pad_is_given_in_model_pixels_and_applied_at_the_tiles_zoom():
+    boxes = torch.tensor([[10.0, 10, 15, 15], [12.0, 10, 17, 15]])
+    scores, labels = torch.tensor([0.9, 0.8]), torch.tensor([3, 3])
+    t = resolve_tiling({"zoom": 2.0, "merge_pad": 8.0})  # 4 px of the photograph
+    assert len(merge_passes(boxes, scores, labels, t)["boxes"]) == 1
+    assert len(merge_passes(boxes, scores, labels, {**t, "merge_pad": 0.0})["boxes"]) == 2
+    assert resolve_tiling(None)["merge_pad"] > 0  # on by default
 
 
 def test_merge_caps_detections_per_class_so_a_common_class_cannot_crowd_out_a_rare_one():
