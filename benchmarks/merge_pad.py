@@ -5,7 +5,8 @@
 Each validation part of ``benchmarks/default_detector.py``'s splits (CODRAS, HEI-MED, IDRiD) is run
 through sliced inference once, and the detections of every tile and pass are cached *before* the
 merge (``benchmarks/runs/merge_pad/raw_<set>.pt``; a killed run resumes). They are then merged at
-each pad (model px, divided by the zoom as ``predict.merge_passes`` does), put through the anatomy
+each pad (model px, divided by the zoom as ``predict.merge_passes`` does; ``sliced_passes`` and
+``merge_in_image`` are the two halves of ``sliced_predict``), put through the anatomy
 rules as ``lesiondet eval`` does, and scored with the same metrics. The pad row equal to the
 checkpoint's own setting reproduces ``lesiondet eval --map`` on that part.
 
@@ -38,31 +39,17 @@ FIGURES = {"heimed": (("EX", "froc8"), ("EX", "ap50")),
 
 
 def raw_detections(predictor, gt, cache: Path) -> dict[str, tuple]:
-    """Per photograph: every tile's and pass's boxes, scores and labels before the merge; cached."""
-    import lesiondet.detection.predict as P
+    """Per photograph: every tile's and pass's boxes, scores and labels before the merge, and its size; cached."""
+    from lesiondet.detection.predict import read_ahead, sliced_passes
+    from lesiondet.fileio import save_torch
     from lesiondet.progress import progress
 
     if cache.is_file():
         return torch.load(cache)
-    caught: dict[str, tuple] = {}
-    real = P.merge_passes
-
-    def catch(boxes, scores, labels, tiling, max_det=1000):  # sliced_predict's merge: keep its input
-        caught["last"] = (boxes.clone(), scores.clone(), labels.clone())
-        return {"boxes": boxes, "scores": scores, "labels": labels}
-
     raw = {}
-    P.merge_passes = catch
-    try:
-        for r, (_, img) in progress(zip(gt, P.read_ahead(r.image_path for r in gt)), total=len(gt), desc=cache.stem):
-            caught.pop("last", None)
-            P.sliced_predict(predictor.model, img, predictor.tiling, predictor.device)
-            empty = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
-            raw[r.stem] = (*caught.get("last", empty), img.shape[1], img.shape[0])
-    finally:
-        P.merge_passes = real
-    from lesiondet.fileio import save_torch
-
+    for r, (_, img) in progress(zip(gt, read_ahead(r.image_path for r in gt)), total=len(gt), desc=cache.stem):
+        raw[r.stem] = (*sliced_passes(predictor.model, img, predictor.tiling, predictor.device),
+                       img.shape[1], img.shape[0])
     save_torch(cache, raw)
     return raw
 
@@ -70,15 +57,13 @@ def raw_detections(predictor, gt, cache: Path) -> dict[str, tuple]:
 def score_at(predictor, gt, raw, label_map, overrides: dict) -> dict:
     """``lesiondet eval``'s figures with the merge changed by ``overrides`` (e.g. ``{"merge_pad": 4}``)."""
     from lesiondet.detection.metrics import evaluate_detections
-    from lesiondet.detection.predict import detections_from_output, merge_passes
+    from lesiondet.detection.predict import detections_from_output, merge_in_image
 
     tiling = {**predictor.tiling, **overrides}
     preds = []
     for r in gt:
         b, s, lab, w, h = raw[r.stem]
-        m = merge_passes(b, s, lab, tiling) if len(b) else {"boxes": b, "scores": s, "labels": lab}
-        m["boxes"][:, 0::2] = m["boxes"][:, 0::2].clamp(0, w)
-        m["boxes"][:, 1::2] = m["boxes"][:, 1::2].clamp(0, h)
+        m = merge_in_image(b, s, lab, tiling, w, h)
         objs, _ = predictor.report(detections_from_output(m, predictor.classes, predictor.network_score))
         preds.append(r.with_objects(objs))
     res = evaluate_detections(gt, preds, predictor.classes, label_map.partial)

@@ -8,14 +8,13 @@ import torch
 from torchvision.ops import batched_nms, box_iou
 
 
-def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float,
-                        pad: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted box fusion (Solovyev et al. 2021), per class.
 
     Boxes are visited best first; each joins the cluster whose fused box it
-    overlaps at IoU > ``iou`` (of the boxes grown by ``pad``, see ``padded``) or
-    starts a new one. A fused box is the score-weighted mean of its members and
-    its score their mean.
+    overlaps at IoU > ``iou`` or starts a new one. A fused box is the
+    score-weighted mean of its members and its score their mean.
     """
     out_b, out_s, out_l = [], [], []
     for c in labels.unique():
@@ -25,7 +24,7 @@ def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch
         fused: list[torch.Tensor] = []
         for i in idx.tolist():
             if fused:
-                ious = box_iou(padded(boxes[i:i + 1], pad), padded(torch.stack(fused), pad))[0]
+                ious = box_iou(boxes[i:i + 1], torch.stack(fused))[0]
                 j = int(ious.argmax())
                 if ious[j] > iou:
                     members[j].append(i)
@@ -98,10 +97,13 @@ def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Te
     """
     if len(boxes) == 0:
         return boxes, scores, labels
+    grown = padded(boxes, pad)
     if method == "wbf":
-        b, s, lab = weighted_box_fusion(boxes, scores, labels, iou, pad)
+        # fused on the grown boxes; a fused box is a weighted mean of its members, so shrinking it is exact
+        b, s, lab = weighted_box_fusion(grown, scores, labels, iou)
+        b = padded(b, -pad)
     else:
-        keep = batched_nms(padded(boxes, pad), scores, labels, iou)
+        keep = batched_nms(grown, scores, labels, iou)
         b, s, lab = boxes[keep], scores[keep], labels[keep]
     # The cap is per class, as COCO's maxDets is: hundreds of exudates must not crowd out the microaneurysms.
     keep = torch.cat([(lab == c).nonzero().flatten()[:max_det] for c in lab.unique()]).sort().values

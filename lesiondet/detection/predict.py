@@ -163,6 +163,14 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     one pass, either the whole image shrunk to the tile (``slice: auto``, as in
     training) or at native size times zoom (``slice: false``).
     """
+    h, w = img.shape[:2]
+    return merge_in_image(*sliced_passes(model, img, tiling, device), tiling, w, h, max_det)
+
+
+@torch.inference_mode()
+def sliced_passes(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str, Any], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(boxes, scores, labels)`` of every pass ``sliced_predict`` runs on ``img``, in its pixels, before the merge."""
     model.eval()
     h, w = img.shape[:2]
     t = tiling
@@ -187,17 +195,22 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
             # When sliced, small objects are the tiles' job; in this view they are a few blurred pixels.
             keep = torch.from_numpy(big_enough(o["boxes"].cpu().numpy(), t["full_min_px"])) if sliced else None
             add(o, s, keep=keep)
-    boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 4)
-    scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
-    labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
-    if parts:
-        # A single pass comes out of torchvision's own NMS (IoU 0.4), so merging it changes nothing
-        # but the nested-box suppression: one path for one pass and for many.
-        m = merge_passes(boxes, scores, labels, t, max_det)
-        boxes, scores, labels = m["boxes"], m["scores"], m["labels"]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    return {"boxes": boxes, "scores": scores, "labels": labels}
+    if not parts:
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
+
+
+def merge_in_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, tiling: Mapping[str, Any],
+                   width: int, height: int, max_det: int = 1000) -> dict[str, torch.Tensor]:
+    """``sliced_passes``'s detections merged per class (``merge_passes``) and clamped to the image.
+
+    A single pass comes out of torchvision's own NMS (IoU 0.4), so merging it changes nothing but the
+    nested-box suppression: one path for one pass and for many.
+    """
+    m = merge_passes(boxes, scores, labels, tiling, max_det)
+    m["boxes"][:, 0::2] = m["boxes"][:, 0::2].clamp(0, width)
+    m["boxes"][:, 1::2] = m["boxes"][:, 1::2].clamp(0, height)
+    return m
 
 
 @torch.inference_mode()
