@@ -1,6 +1,7 @@
 """Grading against ophthalmologists: patient-grouped 5-fold cross-validation on the shared graded photographs.
 
     python benchmarks/grading.py --aptos-minutes 30 --ship     # every row below, then the shipped grader
+    python benchmarks/grading.py --aptos-init W --aptos-minutes 50 --ship   # continue network W's APTOS training
     python benchmarks/grading.py --check other_patients.csv    # shipped detect --grade on other patients
     python benchmarks/grading.py --cnn lesiondet/weights/grader.pt --lesions DIR --ship   # refit on new lesions
 
@@ -77,7 +78,7 @@ def score_row(name: str, items, pred, called, ref_score, mac_score=None, mac_thr
     return m
 
 
-def aptos_row(minutes: float) -> tuple[dict, Path]:
+def aptos_row(minutes: float, init: Path | None = None) -> tuple[dict, Path]:
     from sklearn.model_selection import train_test_split
 
     from lesiondet import api
@@ -88,8 +89,10 @@ def aptos_row(minutes: float) -> tuple[dict, Path]:
     run = RUN / "aptos"
     weights = run / "train" / "best.pt"
     if not weights.is_file():
-        api.grader_train(write_csv(RUN / "aptos_train.csv", tr), preprocessed=True, time_limit=minutes,
-                         config=CONFIG or ROOT / "configs" / "models" / "grader-aptos.yaml",
+        # --aptos-init continues a trained network on the same split: no head-only stage, half the rate
+        recipe = "grader-aptos-continue.yaml" if init else "grader-aptos.yaml"
+        api.grader_train(write_csv(RUN / "aptos_train.csv", tr), preprocessed=True, time_limit=minutes, init=init,
+                         config=CONFIG or ROOT / "configs" / "models" / recipe,
                          out=run / "train", device="cpu", log=print)
     m = api.grader_evaluate(write_csv(RUN / "aptos_test.csv", te), weights, out=run / "eval", device="cpu")
     m["name"] = "CNN, APTOS only (its own 20% split)"
@@ -246,6 +249,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detector", default=str(ROOT / "lesiondet" / "weights" / "detector.pt"))
     ap.add_argument("--aptos-minutes", type=float, default=30)
+    ap.add_argument("--aptos-init", type=Path, metavar="W",
+                    help="start the APTOS training from this grading network (e.g. a shipped grader.pt) and "
+                         "continue it for --aptos-minutes (configs/models/grader-aptos-continue.yaml)")
     ap.add_argument("--finetune-minutes", type=float, default=0,
                     help="also fine-tune the whole network per fold for this long (the previous release's recipe)")
     ap.add_argument("--ship", action="store_true", help="also fit the shipped grader on all photographs")
@@ -274,7 +280,7 @@ def main() -> int:
         return 0
     cfg = load_section("grader", CONFIG, "grader config", "pass a YAML with a grader: section")
     dets = detections(a.detector, [i.path for i in read_grading_csv(SRAHIM)])
-    aptos, cnn = (None, a.cnn) if a.cnn else aptos_row(a.aptos_minutes)
+    aptos, cnn = (None, a.cnn) if a.cnn else aptos_row(a.aptos_minutes, a.aptos_init)
     cnn = cnn if a.cnn else cnn_copy(cnn)
     oof = cross_validate(dets, cnn, cfg, a.finetune_minutes)
     items = read_grading_csv(SRAHIM)

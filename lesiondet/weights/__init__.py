@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
     "detector.pt": "c4a0160544148d8966e6d310a349ffc02ae8d07c2f36fade7a8446592f9e3aa2",
-    "grader.pt": "a730029b16cc744b3b93a346920000c936a23a99dcc0841b73dc58e53e4af224",
+    "grader.pt": "f21e03d78988580fa0471ad9ab90268acac526685d937267b8568df2c06589b7",
     "oct.pt": "d881ff7ba430e432af378565f6189672449248ce12bca6961b7976ec7664325f",
     "fluid.pt": "4983f2db609c4d2df5b9620d02f9ac998aacd8aba777cfc52a74b071025a1ebc",
 }
