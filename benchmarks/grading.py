@@ -12,7 +12,7 @@ photographs of 225 patients; folds keep a patient's two eyes together):
 * **ordinal on lesions**: the learned ordinal grader (``grading.learned``) on the same boxes'
   features, fitted on the training folds;
 * **CNN**: the network pre-trained on APTOS (``grader train --preprocessed``), its features read at
-  224, 384 and 512 px, and the readout (``grader fit``, ``grading.readout``) fitted on the training
+  the sizes of ``grader.readout_sizes`` (224 and 512 px by default), and the readout (``grader fit``, ``grading.readout``) fitted on the training
   folds, cut points and threshold tuned on their own out-of-fold predictions;
 * **CNN + lesions**: the same readout with the lesion-feature block beside it (late fusion): what
   ``grader fit --lesions`` ships and ``detect --grade`` runs;
