@@ -4,12 +4,14 @@
     python benchmarks/default_detector.py --eval-only              # score an existing run
     python benchmarks/default_detector.py --resume --minutes 120   # continue train/last.pt to 120 min in all
     python benchmarks/default_detector.py --ship [--ship-from X]   # fp16 copy into lesiondet/weights/
+    python benchmarks/default_detector.py --run default_detector_retina --start lesiondet/weights/detector.pt \
+        --config configs/models/cpu-mixture-retina.yaml --minutes 80   # continue a detector under a new preset
 
 The three shared lesion sets (CODRAS, HEI-MED, IDRiD) are split 80/20 with seed 0, as
 ``benchmarks/real_data.py`` does (copies of training photographs are left out of val). One
 detector trains on the three training parts together, each image teaching only the classes its
 set annotates, and is scored on each validation part (AP50 and FROC per class). Everything goes
-to ``benchmarks/runs/default_detector/``.
+to ``benchmarks/runs/RUN/`` (``--run``, default ``default_detector``).
 """
 from __future__ import annotations
 
@@ -63,7 +65,12 @@ def main() -> int:
     ap.add_argument("--ship-from", type=Path, help="ship this checkpoint instead (e.g. the copy with the operating "
                                                   "point that benchmarks/operating_point.py --store writes)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--run", default="default_detector", help="folder under benchmarks/runs/")
+    ap.add_argument("--config", default="configs/models/cpu-mixture.yaml", help="training preset")
+    ap.add_argument("--start", help="checkpoint a new run starts from (lesiondet train --from)")
     a = ap.parse_args()
+    global RUN
+    RUN = ROOT / "benchmarks" / "runs" / a.run
     yamls = split_yamls()
     weights = RUN / "train" / "best.pt"
     if a.ship:
@@ -86,7 +93,9 @@ def main() -> int:
         for tr, _ in yamls.values():
             args += ["--voc", str(tr)]
         codras_val = ROOT / "benchmarks" / "runs" / "codras" / "split" / "val"
-        lesiondet(*args, "--val", str(codras_val), "--config", "configs/models/cpu-mixture.yaml",
+        if a.start:
+            args += ["--from", a.start]
+        lesiondet(*args, "--val", str(codras_val), "--config", a.config,
                   "--epochs", "1000", "--time-limit", str(a.minutes), "--out", str(RUN / "train"),
                   "--device", a.device)
     results = {}

@@ -17,7 +17,13 @@ Steps (each cached under ``benchmarks/runs/operating_point/``, so a killed run r
    tuned on all 450.
 4. **Lesion evidence.** Each photograph's rule grade at the shipped operating point, written as
    ``detect --grade --grader none`` writes it, for ``lesiondet grader fit --lesions``.
-5. ``--store OUT``: a copy of the detector with the operating point (``detection.operating``).
+5. **Display thresholds** (``--display-precision P``): what the drawing shows a reader. Per lesion class,
+   the lowest score at which at least P of the boxes drawn hit a lesion of their class, on the
+   validation parts of the sets that label MA, HE, EX and SE apart (IDRiD at native size, HEI-MED),
+   after the anatomy rules at the operating point above (``detection.operating.displayed``).
+6. ``--store OUT``: a copy of the detector with both (``detection.operating``).
+
+``--run NAME`` keeps another detector's steps apart (``benchmarks/runs/NAME/``).
 
 Results: ``result.json`` (thresholds, cross-validated and in-sample rule QWK).
 """
@@ -65,6 +71,47 @@ def candidates(detector: Path, items) -> dict[str, dict]:
     return done
 
 
+DISPLAY_SETS = ("idrid", "heimed")
+
+
+def display_point(detector: Path, op, precision: float):
+    """Display thresholds on the validation parts of ``DISPLAY_SETS`` (step 5); detections cached."""
+    from lesiondet.detection.metrics import drawn_stats
+    from lesiondet.detection.operating import apply_anatomy, displayed
+    from lesiondet.detection.predict import Predictor
+    from lesiondet.fileio import write_json
+    from lesiondet.io.sources import parse_source
+    from lesiondet.io.voc import VocObject, read_voc_dir
+
+    cache = RUN / "display_candidates.json"
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    p = None
+    sets = {}  # name -> (ground truth, detections after the anatomy rules at ``op``)
+    for name in DISPLAY_SETS:
+        folder = ROOT / "benchmarks" / "runs" / name / "split" / "val"
+        records = read_voc_dir(folder, parse_source(ROOT / "configs" / "datasets" / f"{name}.yaml").label_map())
+        preds = []
+        for r in records:
+            if r.stem not in done:
+                p = p or Predictor(detector, score=0.001, disc_core=0, backend="auto")
+                done[r.stem] = [[o.label, list(o.box), o.score] for o in p.predict(r.image_path).objects]
+                write_json(cache, done)
+            objs = [VocObject(lab, tuple(b), False, s) for lab, b, s in done[r.stem]]
+            preds.append(r.with_objects(apply_anatomy(objs, op)[0]))
+        sets[name] = (records, preds)
+    gt = [r for g, _ in sets.values() for r in g]
+    preds = [r for _, pr in sets.values() for r in pr]
+    shown = displayed(gt, preds, [*LESIONS, "OD"], precision,
+                      "the IDRiD (native size) and HEI-MED validation parts", keep=op)
+    # what a reader sees at these thresholds, per set (in-sample: the thresholds were chosen on them)
+    per_set = {name: {c: {kind: drawn_stats(g, pr, c, point.threshold(c))
+                          for kind, point in (("display", shown), ("counted", op))} for c in LESIONS}
+               for name, (g, pr) in sets.items()}
+    write_json(RUN / "display_stats.json", per_set)
+    print(json.dumps(per_set, indent=1), flush=True)
+    return shown
+
+
 def rule_grade(c: dict, op, disc_core: float = 0.8):
     """The rule grade ``detect --grade`` gives this photograph at operating point ``op`` (same rules, same order)."""
     from lesiondet.detection.operating import apply_anatomy
@@ -103,7 +150,11 @@ def main() -> int:
     ap.add_argument("--detector", type=Path, required=True, help="the trained detector (.pt)")
     ap.add_argument("--od-voc", type=Path, default=ROOT / "benchmarks" / "runs" / "codras" / "split" / "val")
     ap.add_argument("--store", type=Path, help="write a copy of the detector carrying the operating point")
+    ap.add_argument("--display-precision", type=float, help="also choose display thresholds at this precision")
+    ap.add_argument("--run", default="operating_point", help="folder under benchmarks/runs/")
     a = ap.parse_args()
+    global RUN
+    RUN = ROOT / "benchmarks" / "runs" / a.run
     from lesiondet import api
     from lesiondet.detection.operating import OperatingPoint, with_operating_point
     from lesiondet.fileio import write_json
@@ -155,8 +206,12 @@ def main() -> int:
     ev.mkdir(exist_ok=True)
     for i, c in zip(items, C):
         write_json(ev / f"{i.path.stem}.json", {"image": str(i.path), "grade": rule_grade(c, op).to_dict()})
+    shown = None
+    if a.display_precision is not None:
+        shown = display_point(a.detector, op, a.display_precision)
+        result["display_point"] = shown.to_dict()
     if a.store:
-        result["stored"] = str(with_operating_point(a.detector, op, a.store))
+        result["stored"] = str(with_operating_point(a.detector, op, a.store, shown))
     write_json(RUN / "result.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "fold_thresholds"}, indent=1))
     return 0

@@ -2,6 +2,7 @@
 
     python benchmarks/screening_speed.py --release 0726d5c        # the release's git commit or tag
     python benchmarks/screening_speed.py --release 0726d5c --profile
+    python benchmarks/screening_speed.py --release 93e91ae --sizes   # 1024 px against 12 megapixels
 
 Makes 20 photographs of 1024 px (long side) from the shared CODRAS set, then runs, one after the
 other and each as its own process with the machine's default threads:
@@ -15,7 +16,9 @@ Seconds per photograph are the steady state: the time between the first and the 
 JSON being written, over n-1 (model loading and start-up are left out); the whole process's wall
 time per photograph is given too. It also checks that onnxruntime and PyTorch give this checkout's
 models the same grades. ``--profile`` adds a cProfile of this checkout on 5 photographs (top lines
-by own time). Results in ``benchmarks/runs/screening_speed/``.
+by own time). ``--sizes`` times instead whole ``detect --grade`` processes (start-up included) on 3
+photographs of 1024 px and 3 of 4288 x 2848 (IDRiD validation part), for the release and this checkout,
+and gives the ratio of the two sizes. Results in ``benchmarks/runs/screening_speed/``.
 """
 from __future__ import annotations
 
@@ -66,7 +69,8 @@ def run(name: str, source: Path, images: list[Path], extra: list[str]) -> dict:
         raise SystemExit(f"{name} failed:\n{r.stderr[-2000:]}")
     stamps = sorted((out / f"{p.stem}.json").stat().st_mtime for p in images)
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else wall
-    return {"name": name, "seconds_per_photograph": round(steady, 3), "wall_per_photograph": round(wall / len(images), 3),
+    return {"name": name, "seconds_per_photograph": round(steady, 3),
+            "wall_per_photograph": round(wall / len(images), 3),
             "wall_s": round(wall, 1), "out": str(out)}
 
 
@@ -81,12 +85,15 @@ def main() -> int:
     ap.add_argument("--release", required=True, help="git commit or tag of the release to time against")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--sizes", action="store_true", help="1024-px against 12-megapixel photographs, whole processes")
     a = ap.parse_args()
     RUN.mkdir(parents=True, exist_ok=True)
     images = make_images(RUN / "images", a.n)
-    release = RUN / "release_src"
+    release = RUN / f"release_{a.release}"
     if not release.is_dir():
         subprocess.run(["git", "worktree", "add", "--detach", str(release), a.release], cwd=ROOT, check=True)
+    if a.sizes:
+        return sizes(release, images[:3])
     runs = [("release", release, []), ("this_onnx", ROOT, ["--backend", "auto"]),
             ("this_torch", ROOT, ["--backend", "torch"])]
     for name, src, extra in runs:  # warm-up
@@ -108,6 +115,24 @@ def main() -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1))
     if a.profile:
         print(result["profile"])
+    return 0
+
+
+def sizes(release: Path, small: list[Path]) -> int:
+    """Process wall time per photograph of ``detect --grade`` on 3 photographs of 1024 px and 3 of 12 megapixels."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_data import make_split
+
+    _, val, _ = make_split("idrid", ROOT / "benchmarks" / "runs" / "idrid" / "split")
+    big = sorted((val / "JPEGImages").glob("*.jpg"))[:3]
+    result: dict = {}
+    for name, src in (("release", release), ("this", ROOT)):
+        run(f"warmup_{name}", src, small[:1], [])
+        result[name] = {size: run(f"{name}_{size}", src, imgs, [])["wall_per_photograph"]
+                        for size, imgs in (("1024px", small), ("12MP", big))}
+        result[name]["ratio"] = round(result[name]["12MP"] / result[name]["1024px"], 2)
+    (RUN / "sizes.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
     return 0
 
 

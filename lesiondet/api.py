@@ -67,10 +67,12 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
           epochs: int | None = None, batch: int | None = None, lr: float | None = None, workers: int | None = None,
           pretrained: str | None = None, tile: int | None = None, overlap: float | None = None,
           device: str = "auto", time_limit: float | None = None, resume: str | Path | None = None,
-          out: str | Path = "runs/train", trust_legacy: bool = False, log: Log = _quiet) -> dict[str, Any]:
+          out: str | Path = "runs/train", trust_legacy: bool = False, start: str | Path | None = None,
+          log: Log = _quiet) -> dict[str, Any]:
     """Train a detector on labelImg folders or dataset YAMLs (``voc``); returns the run summary.
 
-    ``resume`` continues a run from its ``last.pt`` with the data and settings it stored.
+    ``resume`` continues a run from its ``last.pt`` with the data and settings it stored. ``start``
+    is a detector checkpoint whose weights a new run starts from (``detection.model.load_start``).
     """
     from lesiondet.config import load_config, merge
     from lesiondet.detection.data import check_images
@@ -95,6 +97,10 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
         sources = [parse_source(v, labels) for v in voc]
         cfg["data"] = {"sources": [src.to_dict() for src in sources], "val": val and str(val),
                        "val_split": val_split, "images": images and str(images)}
+        if start:
+            if not Path(start).is_file():
+                raise LesiondetError(start, "start checkpoint not found", "pass a best.pt written by 'lesiondet train'")
+            cfg["start"] = str(start)
     train_records, val_records, label_map, annotated, n_sources = _training_data(
         cfg, resume_ck and resume_ck["label_map"], resume)
     check_images(train_records + val_records)
@@ -166,9 +172,9 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     Every run writes the worklist ``out/summary.csv``; ``resume`` continues a killed run in ``out`` itself.
     ``backend`` says what runs both networks (``export.runtime``: ``auto`` is onnxruntime on the CPU).
     """
-    from lesiondet.pipeline.screening import detect_files
     from lesiondet.detection.predict import Predictor
     from lesiondet.grading.rules import GradingConfig
+    from lesiondet.pipeline.screening import detect_files
     from lesiondet.weights import default_detector
 
     paths = collect_images(images)
@@ -246,16 +252,18 @@ def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | 
 
 def calibrate(weights: str | Path, voc: str | Path, *, out: str | Path, labels: str | Path | None = None,
               images: str | Path | None = None, fp_per_image: float = 1.0,
-              per_class: dict[str, float] | None = None, device: str = "auto", trust_legacy: bool = False,
-              progress: bool = False) -> dict:
+              per_class: dict[str, float] | None = None, display_precision: float | None = None,
+              device: str = "auto", trust_legacy: bool = False, progress: bool = False) -> dict:
     """Choose a score threshold per class on annotated validation photographs and store them in a checkpoint copy.
 
     Each class's threshold is where it makes ``fp_per_image`` false positives per image on ``voc``
     (``per_class`` overrides the rate for named classes), read off its FROC curve
-    (``detection.operating.calibrated``). Writes ``out`` (a ``.pt`` that ``detect`` then uses by default);
-    returns ``{"out", "operating_point"}``.
+    (``detection.operating.calibrated``). With ``display_precision``, each class also gets a display
+    threshold: the lowest score whose drawn boxes are that share right (``detection.operating.displayed``).
+    Writes ``out`` (a ``.pt`` that ``detect`` then uses by default); returns ``{"out", "operating_point",
+    "display_point"}``.
     """
-    from lesiondet.detection.operating import calibrated, with_operating_point
+    from lesiondet.detection.operating import calibrated, displayed, with_operating_point
     from lesiondet.detection.predict import Predictor
     from lesiondet.io.labels import LabelMap, load_label_map
     from lesiondet.io.voc import read_voc_dir
@@ -272,7 +280,10 @@ def calibrate(weights: str | Path, voc: str | Path, *, out: str | Path, labels: 
     preds = predictor.predict_records(gt, progress=progress)
     op = calibrated(gt, preds, predictor.classes, label_map.partial, {"*": fp_per_image, **(per_class or {})},
                     str(voc))
-    return {"out": str(with_operating_point(weights, op, out)), "operating_point": op.to_dict()}
+    shown = None if display_precision is None else displayed(gt, preds, predictor.classes, display_precision,
+                                                             str(voc), keep=op)
+    return {"out": str(with_operating_point(weights, op, out, shown)), "operating_point": op.to_dict(),
+            "display_point": shown and shown.to_dict()}
 
 
 def export(weights: str | Path, format: str = "onnx", out: str | Path | None = None,
@@ -379,7 +390,7 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
     """
     from lesiondet.config import load_section
     from lesiondet.device import resolve_device
-    from lesiondet.oct.classify import patient_split, read_oct_data, read_scan, train_oct
+    from lesiondet.oct.classify import check_disjoint, patient_split, read_oct_data, read_scan, train_oct
 
     cfg = load_section("oct", config, "OCT config", "pass a YAML such as configs/models/oct.yaml")
     if resume:
@@ -393,6 +404,7 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
     samples = read_oct_data(data)
     if val:
         train_s, val_s = samples, read_oct_data(val)
+        check_disjoint(train_s, val_s, val)
     else:
         train_s, val_s = patient_split(samples, val_split, cfg["seed"]) if val_split > 0 else (samples, [])
     classes = sorted({s.label for s in train_s} | {s.label for s in val_s})

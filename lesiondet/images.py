@@ -107,3 +107,41 @@ def fov_mask(img: np.ndarray, threshold: int = 20) -> np.ndarray:
         return np.ones(img.shape[:2], bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == largest
+
+
+def fov_diameter(img: np.ndarray, max_side: int = 256) -> float:
+    """Diameter of the field of view in ``img``'s pixels: the longer side of its mask's bounding box.
+
+    Cameras crop the illuminated disc top and bottom (or, rarer, left and right), so the longer
+    extent is the diameter. Read on a ``max_side`` copy: a few pixels of error at 256 px are well
+    under 1% of the diameter. A photograph without a dark border counts as all field of view.
+    """
+    import cv2
+
+    h, w = img.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
+        if s < 1 else img
+    mask = fov_mask(small)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return float(max(h, w))
+    return float(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)) / s
+
+
+def read_thumbnail(path: str | Path, max_side: int = 256) -> tuple[np.ndarray, float]:
+    """A small RGB copy of an image file and its scale (thumbnail px per image px), decoded cheaply.
+
+    JPEGs are decoded at a reduced DCT scale (PIL ``draft``): a 12-megapixel photograph's field of
+    view is measured in milliseconds instead of a full decode.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w = im.size[0]
+            im.draft("RGB", (max_side, max_side))
+            im.thumbnail((max_side, max_side))
+            small = np.asarray(im.convert("RGB")).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(path, f"not a readable image ({str(e)[:80]})", "replace it with a valid JPEG or PNG") from None
+    return small, small.shape[1] / w

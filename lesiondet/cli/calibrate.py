@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lesiondet.cli.common import add_trust_legacy, say
+from lesiondet.cli.common import add_trust_legacy, say, score
 from lesiondet.errors import LesiondetError
 
 
@@ -29,6 +29,9 @@ def add(sub) -> None:
                    help="false positives per image each class may make at its threshold (default 1)")
     c.add_argument("--class-rate", type=_rate, action="append", default=[], metavar="CLASS=RATE",
                    help="another rate for one class, e.g. OD=0.05 (repeatable)")
+    c.add_argument("--display-precision", type=score, metavar="P",
+                   help="also store display thresholds: per class, the lowest score whose boxes are at least this "
+                        "share right (e.g. 0.5); the drawing shows them, the rules count those at --fp-per-image's")
     c.add_argument("--out", required=True, help="the calibrated checkpoint to write (.pt)")
     c.add_argument("--device", default="auto")
     add_trust_legacy(c)
@@ -41,9 +44,11 @@ def run(a: argparse.Namespace) -> int:
     if a.fp_per_image < 0:
         raise LesiondetError(None, f"--fp-per-image {a.fp_per_image}", "use a rate >= 0")
     r = api.calibrate(a.weights, a.voc, out=a.out, labels=a.labels, images=a.images, fp_per_image=a.fp_per_image,
-                      per_class=dict(a.class_rate), device=a.device, trust_legacy=a.trust_legacy, progress=True)
+                      per_class=dict(a.class_rate), display_precision=a.display_precision, device=a.device,
+                      trust_legacy=a.trust_legacy, progress=True)
     op = r["operating_point"]
+    shown = (r["display_point"] or {}).get("thresholds", {})
     for cls, t in op["thresholds"].items():
-        print(f"{cls:<6} {t:.3f}")
+        print(f"{cls:<6} {t:.3f}" + (f"  shown from {shown[cls]:.3f}" if cls in shown else ""))
     say(f"wrote {r['out']}: detect reports each class at these scores ({op['purpose']})")
     return 0

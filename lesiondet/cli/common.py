@@ -68,7 +68,7 @@ overlap = number_in(0.0, 0.9, hi_included=False)
 def tiling_overrides(a: argparse.Namespace) -> dict:
     """Slicing options given on the command line (None: keep what the checkpoint says)."""
     return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "merge_pad": a.merge_pad,
-            "nested_ios": a.nested_ios,
+            "nested_ios": a.nested_ios, "retina_px": a.retina_px,
             "slice": False if a.no_slice else None, "tta": True if a.tta else None}
 
 
@@ -82,6 +82,9 @@ def add_tiling_args(p: argparse.ArgumentParser) -> None:
                         "by two tiles is one box (default 8; 0: plain IoU)")
     g.add_argument("--nested-ios", type=score, metavar="S",
                    help="drop a box lying this share inside a better one of its class (default 0.8; 0: keep all)")
+    g.add_argument("--retina-px", type=number_in(0.0, 16384.0, hi_included=True), metavar="PX",
+                   help="working field-of-view diameter: each photograph is resized so its retina is this many px "
+                        "across (default: the model's; 0: native pixels times the model's zoom)")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
     g.add_argument("--tta", action="store_true",
                    help="also predict on the mirrored image and merge the two (twice the time)")

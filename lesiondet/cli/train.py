@@ -28,6 +28,8 @@ def add(sub) -> None:
     t.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                    help="stop cleanly after this many minutes, keeping best.pt")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
+    t.add_argument("--from", dest="start", metavar="CHECKPOINT",
+                   help="start a new run from this detector's weights (classes matched by name)")
     t.add_argument("--out", default="runs/train", help="run folder; numbered if it exists (default runs/train)")
     t.add_argument("--tile", type=positive_int, help="tile side in model pixels (default 512)")
     t.add_argument("--overlap", type=overlap, help="tile overlap share at validation (default 0.2)")
@@ -41,7 +43,7 @@ def run(a: argparse.Namespace) -> int:
     s = api.train(a.voc, val=a.val, val_split=a.val_split, labels=a.labels, images=a.images, config=a.config,
                   epochs=a.epochs, batch=a.batch, lr=a.lr, workers=a.workers, pretrained=a.pretrained, tile=a.tile,
                   overlap=a.overlap, device=a.device, time_limit=a.time_limit, resume=a.resume, out=a.out,
-                  trust_legacy=a.trust_legacy, log=say)
+                  trust_legacy=a.trust_legacy, start=a.start, log=say)
     say(f"done: {s['epochs_done']} epoch(s), best val mAP50 {max(s['best_fitness'], 0):.3f}; "
         f"weights {s['out_dir']}/best.pt, curves {s['out_dir']}/curves.png")
     return 0

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lesiondet.config import check_section, defaults
+from lesiondet.detection.scale import retina_factor_of, scale_record, to_working, working_tiling
 from lesiondet.detection.slicing import (
     big_enough,
     crop_objects,
@@ -147,24 +148,43 @@ class TileDataset(DetectionDataset):
                  transforms: A.Compose | None = None, use_difficult: bool = False,
                  annotated: Mapping[str, Sequence[str]] | None = None) -> None:
         super().__init__(records, label_map, transforms, use_difficult, annotated)
-        self.tiling = dict(tiling)
+        # With a retina scale each photograph is resized once to its working size; tiles are cut there.
+        self.factors = [retina_factor_of(r.image_path, tiling) for r in self.records] \
+            if tiling.get("retina_px") else None
+        self.tiling = working_tiling(tiling)
         self.win = window_size(self.tiling)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._fov: dict[int, tuple[np.ndarray, float]] = {}
         # Sample k of an epoch belongs to image index[k]: big photographs give more tiles than small ones.
-        counts = [samples_per_image(r.width, r.height, self.tiling) for r in self.records]
+        counts = [samples_per_image(*self.size(i), self.tiling) for i in range(len(self.records))]
         self.index = (balanced_index([r.source for r in self.records], counts)
                       if self.tiling.get("balance_sources") else [i for i, n in enumerate(counts) for _ in range(n)])
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def size(self, i: int) -> tuple[int, int]:
+        """Width and height of image ``i`` as tiles are cut from it (its working size under a retina scale)."""
+        r = self.records[i]
+        if self.factors is None:
+            return r.width, r.height
+        return max(1, round(r.width * self.factors[i])), max(1, round(r.height * self.factors[i]))
+
+    def objects(self, i: int) -> list[VocObject]:
+        objs = super().objects(i)
+        if self.factors is None:
+            return objs
+        r, (w, h) = self.records[i], self.size(i)
+        return list(scale_record(r.with_objects(objs), w, h, w / r.width, h / r.height).objects)
+
     def image(self, i: int) -> np.ndarray:
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
         img = super().image(i)
+        if self.factors is not None:
+            img = to_working(img, self.factors[i])[0]
         self._cache[i] = img
         self._cache_bytes += img.nbytes
         while self._cache_bytes > self.tiling["cache_mb"] * 2**20 and len(self._cache) > 1:
@@ -174,9 +194,10 @@ class TileDataset(DetectionDataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t, i = self.tiling, self.index[k]
-        rec, img, objs = self.records[i], self.image(i), self.objects(i)
+        img, objs = self.image(i), self.objects(i)
+        width, height = self.size(i)
         names = [o.label for o in objs]
-        sliced = should_slice(rec.width, rec.height, t)
+        sliced = should_slice(width, height, t)
         if not sliced or random.random() < t["full_fraction"]:
             small, s = fit_to(img, t["tile"])
             boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4) * s
@@ -187,7 +208,7 @@ class TileDataset(DetectionDataset):
         mode = "positive" if objs and random.random() < t["pos_fraction"] else "random"
         if mode == "random" and i not in self._fov:
             self._fov[i] = low_res_fov(img)
-        window = sample_window(objs, rec.width, rec.height, self.win, mode, random, self._fov.get(i), t["fov_min"])
+        window = sample_window(objs, width, height, self.win, mode, random, self._fov.get(i), t["fov_min"])
         boxes, names = crop_objects(objs, window, t["min_visibility"])
         x0, y0, x1, y1 = window
         return self.target(i, np.ascontiguousarray(img[y0:y1, x0:x1]), boxes, self._indices(names))

@@ -162,6 +162,30 @@ def _hits(det: Sequence[float], gts: np.ndarray, iou_thr: float) -> np.ndarray:
     return inside | (inter / np.maximum(union, 1e-9) >= iou_thr)
 
 
+def drawn_stats(gt: Sequence[VocRecord], preds: Sequence[VocRecord], cls: str, threshold: float) -> dict:
+    """What a reader sees of ``cls`` at ``threshold``: boxes drawn, the share right, the share of lesions found.
+
+    A box is right when it hits a lesion of its class (``_hits``: centre inside, or IoU >= 0.2); a
+    lesion is found when any drawn box hits it. ``nan`` shares when there is nothing to divide by.
+    """
+    by_stem = {p.stem: p for p in preds}
+    n_box = right = found = n_les = 0
+    for g in gt:
+        gts = np.array([o.box for o in g.objects if o.label == cls], float).reshape(-1, 4)
+        hit = np.zeros(len(gts), bool)
+        for o in by_stem[g.stem].objects if g.stem in by_stem else ():
+            if o.label != cls or (o.score is not None and o.score < threshold):
+                continue
+            h = _hits(o.box, gts, 0.2)
+            n_box += 1
+            right += bool(h.any())
+            hit |= h
+        n_les += len(gts)
+        found += int(hit.sum())
+    return {"boxes": n_box, "right": right / n_box if n_box else float("nan"),
+            "found": found / n_les if n_les else float("nan"), "lesions": n_les}
+
+
 def froc(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
          fpi: Sequence[float] = FROC_FPI, iou_thr: float = 0.2) -> dict:
     """Free-response ROC per class: lesion sensitivity at ``fpi`` false positives per image.

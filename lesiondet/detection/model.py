@@ -220,3 +220,35 @@ def detector_from_checkpoint(ckpt: Mapping[str, Any], path: str = "", *, input_s
         raise CheckpointError(path, f"weights do not match the model they describe ({first})",
                               "retrain, or use the checkpoint with the lesiondet version that wrote it") from None
     return model, classes
+
+
+def load_start(model: FasterRCNN, ckpt: Mapping[str, Any], classes: Sequence[str], path: str = "") -> str:
+    """Start ``model`` (built for ``classes``) from a detector checkpoint's weights; returns what was kept.
+
+    Everything but the box predictor is copied as it is. The predictor's rows (background, and four
+    box deltas per class) are matched by class name: a class both know keeps its trained row, a new
+    class keeps its fresh one, and a class the checkpoint knows but ``classes`` lacks is dropped.
+    """
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(path, "not a lesiondet detector checkpoint",
+                              "pass a best.pt written by 'lesiondet train'")
+    old = ["__background__", *ckpt["classes"]]
+    new = ["__background__", *classes]
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    own = model.state_dict()
+    for key in [k for k in state if k.startswith("roi_heads.box_predictor.")]:
+        src, dst = state.pop(key), own[key].clone()
+        per = src.shape[0] // len(old)  # 1 row per class (scores) or 4 (box deltas)
+        for j, c in enumerate(new):
+            if c in old:
+                i = old.index(c)
+                dst[j * per:(j + 1) * per] = src[i * per:(i + 1) * per]
+        state[key] = dst
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:200]
+        raise CheckpointError(path, f"its network is not this run's model ({first})",
+                              "train with the same model section (backbone, anchors) as that checkpoint") from None
+    kept, fresh = [c for c in classes if c in old], [c for c in classes if c not in old]
+    return f"classes kept from it: {', '.join(kept) or 'none'}; new: {', '.join(fresh) or 'none'}"

@@ -13,7 +13,7 @@ haemorrhages; DR's lesions are retinal, not on the disc).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -92,6 +92,23 @@ class DiscCheck:
         return d
 
 
+def flag_boxes(objects: Iterable[VocObject], counted: OperatingPoint, shown: OperatingPoint) -> list[VocObject]:
+    """Detections flagged ``counted`` (at or above ``counted``'s threshold) and ``shown`` (``shown``'s).
+
+    The rules read the counted boxes; the drawing shows both kinds. A box that is neither is
+    dropped. Ground truth (no score) passes unflagged.
+    """
+    out = []
+    for o in objects:
+        if o.score is None:
+            out.append(o)
+            continue
+        c, s = o.score >= counted.threshold(o.label), o.score >= shown.threshold(o.label)
+        if c or s:
+            out.append(replace(o, counted=c, shown=s))
+    return out
+
+
 def _on_disc(o: VocObject, disc: VocObject, core: float) -> bool:
     """Whether ``o``'s centre lies in the ellipse inscribed in ``disc``'s box, scaled by ``core``."""
     cx, cy = (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
@@ -142,6 +159,42 @@ def threshold_at_fp(gt: Sequence[VocRecord], preds: Sequence[VocRecord], cls: st
     return 1.0 if last == 0 else float(scores[last])
 
 
+def threshold_at_precision(gt: Sequence[VocRecord], preds: Sequence[VocRecord], cls: str, precision: float) -> float:
+    """The lowest score at which at least ``precision`` of the ``cls`` boxes drawn are right.
+
+    A box is right when it hits a lesion of its class (``metrics.froc_curve``'s rule: centre inside,
+    or IoU >= 0.2), a second box on a found lesion included: the reader sees a real lesion. 1.0 when
+    no score reaches the precision.
+    """
+    from lesiondet.detection.metrics import froc_curve
+
+    scores, fps, _, _ = froc_curve(gt, preds, cls)
+    n = np.arange(len(scores))  # boxes drawn down to each score (the first entry is the empty start)
+    ok = np.flatnonzero((n > 0) & (1 - fps / np.maximum(n, 1) >= precision))
+    if not len(ok):
+        return 1.0
+    last = int(ok[-1])
+    if last + 1 < len(scores) and scores[last + 1] == scores[last]:  # a tie across the line: stay above it
+        return float(np.nextafter(scores[last], np.inf))
+    return float(scores[last])
+
+
+def displayed(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str], precision: float,
+              what: str, keep: OperatingPoint | None = None) -> OperatingPoint:
+    """Display thresholds: per class, the lowest score whose drawn boxes are ``precision`` right on ``gt``.
+
+    Classes ``gt`` does not annotate (and OD, whose one-disc rule decides alone) take ``keep``'s
+    threshold: what is drawn for them is what is counted.
+    """
+    present = {o.label for r in gt for o in r.objects}
+    thresholds = {c: (keep.threshold(c) if keep else DEFAULT_SCORE) for c in classes}
+    for c in classes:
+        if c in present and c != "OD":
+            thresholds[c] = threshold_at_precision(gt, preds, c, precision)
+    return OperatingPoint(thresholds, f"per class, the lowest score at which at least {precision:g} of the boxes drawn "
+                          f"hit a lesion of their class on {what} ({len(gt)} annotated photographs; centre-or-IoU-0.2)")
+
+
 def calibrated(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
                partial: Mapping[str, Sequence[str]], fp_per_image: Mapping[str, float] | float,
                what: str) -> OperatingPoint:
@@ -166,15 +219,22 @@ def calibrated(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Seq
                           f"on {what} ({len(gt)} annotated photographs; FROC, centre-or-IoU-0.2 hits)")
 
 
-def with_operating_point(weights: str | Path, op: OperatingPoint, out: str | Path) -> Path:
-    """A copy of a detector checkpoint (``.pt``) that carries ``op``; written atomically."""
+def with_operating_point(weights: str | Path, op: OperatingPoint | None, out: str | Path,
+                         display: OperatingPoint | None = None) -> Path:
+    """A copy of a detector checkpoint (``.pt``) that carries ``op`` (counted) and ``display`` (drawn); atomic.
+
+    None keeps what the checkpoint already stores.
+    """
     from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(weights)
-    unknown = [c for c in op.thresholds if c not in ckpt["classes"]]
-    if unknown:
-        raise LesiondetError(weights, f"thresholds for classes the model does not have: {', '.join(unknown)}",
-                             f"use its classes: {', '.join(ckpt['classes'])}")
-    ckpt["operating_point"] = op.to_dict()
+    for key, point in (("operating_point", op), ("display_point", display)):
+        if point is None:
+            continue
+        unknown = [c for c in point.thresholds if c not in ckpt["classes"]]
+        if unknown:
+            raise LesiondetError(weights, f"thresholds for classes the model does not have: {', '.join(unknown)}",
+                                 f"use its classes: {', '.join(ckpt['classes'])}")
+        ckpt[key] = point.to_dict()
     save_checkpoint(out, ckpt)
     return Path(out)

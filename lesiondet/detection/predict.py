@@ -12,7 +12,8 @@ import torch
 from lesiondet.detection.data import fit_to, to_tensor
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections
 from lesiondet.detection.model import CHECKPOINT_FORMAT, detector_from_checkpoint
-from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy
+from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy, flag_boxes
+from lesiondet.detection.scale import retina_factor, to_working, working_tiling
 from lesiondet.detection.slicing import (
     big_enough,
     fov_share,
@@ -125,7 +126,8 @@ def merge_passes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
 
     ``merge_pad`` is in the model's pixels; tiles show the image at ``zoom``, so it is ``pad / zoom`` here.
     """
-    zoom = float(tiling["zoom"]) if isinstance(tiling.get("zoom"), (int, float)) else 1.0
+    zoom = working_tiling(tiling)["zoom"]  # 1 on a working image
+    zoom = float(zoom) if isinstance(zoom, (int, float)) else 1.0
     b, s, lab = merge_detections(boxes, scores, labels, tiling["merge"], float(tiling["merge_iou"]), max_det,
                                  float(tiling.get("nested_ios", 0.0)), float(tiling.get("merge_pad", 0.0)) / zoom)
     return {"boxes": b, "scores": s, "labels": lab}
@@ -156,6 +158,7 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
                    max_det: int = 1000) -> dict[str, torch.Tensor]:
     """Detections for one image, in its pixel coordinates, the way ``tiling`` says.
 
+    With ``retina_px``, ``img`` is first resized to its working size (``detection.scale``).
     Sliced: overlapping tiles of ``tile / zoom`` source pixels, batched, plus a
     whole-image pass shrunk to the tile for large objects; pieces of objects cut
     by a tile edge are dropped when the whole-image pass is on, then everything
@@ -163,6 +166,12 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     one pass, either the whole image shrunk to the tile (``slice: auto``, as in
     training) or at native size times zoom (``slice: false``).
     """
+    factor = retina_factor(img, tiling)
+    if factor is not None:  # the same steps on the working image, its boxes mapped back at the end
+        work, sx, sy = to_working(img, factor)
+        out = sliced_predict(model, work, working_tiling(tiling), device, max_det)
+        out["boxes"] = out["boxes"] / torch.tensor([sx, sy, sx, sy], dtype=out["boxes"].dtype)
+        return out
     h, w = img.shape[:2]
     return merge_in_image(*sliced_passes(model, img, tiling, device), tiling, w, h, max_det)
 
@@ -286,8 +295,9 @@ class Predictor:
     network is built for them once; nothing is changed on it afterwards.
 
     ``score=None`` reports each class at the checkpoint's operating point (per-class thresholds,
-    ``detection.operating``; 0.3 for every class when it stores none); a number applies to every
-    class. Either way the anatomy rules apply: at most one optic disc, no lesion centred on it.
+    ``detection.operating``; 0.3 for every class when it stores none), and shows boxes down to its
+    display thresholds when it stores them (flagged ``counted=False``); a number applies to every
+    class, for both. Either way the anatomy rules apply: at most one optic disc, no lesion centred on it.
 
     >>> p = Predictor("runs/train/best.pt")           # doctest: +SKIP
     >>> rec = p.predict("fundus.jpg")                 # doctest: +SKIP
@@ -325,8 +335,13 @@ class Predictor:
         self.stored_operating_point = OperatingPoint.from_checkpoint(ckpt, str(self.weights))
         #: ... and the one detections are reported at: that one, or ``score`` for every class.
         self.operating_point = self.stored_operating_point if score is None else OperatingPoint.uniform(score)
+        #: The display thresholds the checkpoint stores (what the drawing shows a reader), or None ...
+        self.display_point = (OperatingPoint.from_dict(ckpt["display_point"], str(self.weights))
+                              if ckpt.get("display_point") else None)
+        #: ... and the ones boxes are shown at: those, or the counted ones (none stored, or ``score`` given).
+        self.shown_point = self.display_point if score is None and self.display_point else self.operating_point
         #: The lowest of them: candidates below it are never reported.
-        self.score = self.operating_point.lowest
+        self.score = min(self.operating_point.lowest, self.shown_point.lowest)
         self.network_score = min(self.score, 0.001)  # the one-disc rule picks from every disc candidate
         self.config = ckpt.get("config", {})
         self.label_map = dict(ckpt["label_map"])
@@ -334,8 +349,8 @@ class Predictor:
         self.tiling = checkpoint_tiling(ckpt, **tiling)
         #: The network behind the resize step these settings call for: tiles and the whole-image view are
         #: scaled to the tile, a single pass (slice: false) by the zoom.
-        self.model = (AtModelScale(self.network, zoom=float(self.tiling["zoom"])) if self.tiling["slice"] is False
-                      else AtModelScale(self.network, side=int(self.tiling["tile"])))
+        self.model = (AtModelScale(self.network, zoom=float(working_tiling(self.tiling)["zoom"]))
+                      if self.tiling["slice"] is False else AtModelScale(self.network, side=int(self.tiling["tile"])))
 
     def _onnx_copy(self, backend: str, trust_legacy: bool, threads: int | None) -> Any:
         """The network from the checkpoint's cached ONNX copy (made on first use), or None to run PyTorch."""
@@ -347,9 +362,14 @@ class Predictor:
                                  lambda p: OnnxDetector(p, EXPORT_SCORE, threads), backend)
 
     def report(self, objects: list[VocObject]) -> tuple[list[VocObject], DiscCheck]:
-        """Raw detections → what is reported (the anatomy rules, then the operating point), and the disc decision."""
+        """Raw detections → what is reported, and the disc decision.
+
+        The anatomy rules, then each box flagged ``counted`` (at or above the operating point: the
+        grading rules read it) and ``shown`` (at or above the display threshold: drawn); a box that
+        is neither is dropped.
+        """
         kept, disc = apply_anatomy(objects, self.operating_point, self.tiling["disc_core"])
-        return self.operating_point.keep(kept), disc
+        return flag_boxes(kept, self.operating_point, self.shown_point), disc
 
     @torch.inference_mode()
     def detect(self, img: np.ndarray, image_path: str | Path = "image") -> tuple[VocRecord, DiscCheck]:

@@ -39,6 +39,11 @@ def resolve_tiling(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise LesiondetError(None, f"tiling.overlap={out['overlap']!r}", "use a share between 0 and 0.9")
     if out["zoom"] != "auto" and not (isinstance(out["zoom"], (int, float)) and 0 < out["zoom"] <= 16):
         raise LesiondetError(None, f"tiling.zoom={out['zoom']!r}", "use auto or a number between 0 and 16")
+    rp = out["retina_px"]
+    if rp is not None and not (isinstance(rp, (int, float)) and not isinstance(rp, bool)
+                               and (rp == 0 or 64 <= rp <= 16384)):
+        raise LesiondetError(None, f"tiling.retina_px={rp!r}",
+                             "use null or 0 (native pixels) or a field-of-view diameter from 64 to 16384 px")
     tpi = out["tiles_per_image"]
     if tpi != "auto" and not (isinstance(tpi, int) and tpi >= 1):
         raise LesiondetError(None, f"tiling.tiles_per_image={tpi!r}", "use auto or a whole number >= 1")

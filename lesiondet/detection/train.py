@@ -19,8 +19,9 @@ from lesiondet import __version__
 from lesiondet.config import DEFAULT_TRAIN
 from lesiondet.detection.data import TileDataset, collate, train_transforms
 from lesiondet.detection.metrics import coco_map, merge_partial
-from lesiondet.detection.model import CHECKPOINT_FORMAT, build_detector, resolve_arch
+from lesiondet.detection.model import CHECKPOINT_FORMAT, build_detector, load_start, resolve_arch
 from lesiondet.detection.predict import predict_records, predict_tiles, tile_windows
+from lesiondet.detection.scale import retina_factor_of, scale_record, to_working, working_tiling
 from lesiondet.detection.slicing import auto_zoom, objects_in, resolve_tiling, should_slice, val_windows
 from lesiondet.engine.rng import seed_augment, seed_everything
 from lesiondet.engine.trainer import LoopConfig, Phase, Trainer
@@ -50,8 +51,12 @@ class FitnessSet:
                  max_tiles: int, seed: int = 0) -> None:
         self.whole: list[VocRecord] = []
         sliced: list[VocRecord] = []
+        work = working_tiling(tiling) if tiling is not None else None
+        factors: dict[Path, float | None] = {}
         for r in val_subset(records, max_images):
-            tiled = tiling is not None and max_tiles > 0 and should_slice(r.width, r.height, tiling)
+            f = factors[r.image_path] = retina_factor_of(r.image_path, tiling) if tiling is not None else None
+            w, h = (r.width, r.height) if f is None else (round(r.width * f), round(r.height * f))
+            tiled = tiling is not None and max_tiles > 0 and should_slice(w, h, work)
             (sliced if tiled else self.whole).append(r)
         sliced = val_subset(sliced, max_tiles)  # at least one tile per image, so no more images than tiles
         self.tiles: list[tuple[np.ndarray, VocRecord]] = []
@@ -59,7 +64,10 @@ class FitnessSet:
         per_image = max(1, max_tiles // max(1, len(sliced)))
         for r in sliced:
             img = read_rgb(r.image_path)
-            for x0, y0, x1, y1 in val_windows(r.objects, tile_windows(img, tiling), per_image, rng):
+            if factors[r.image_path] is not None:  # tiles of the working image, as inference cuts them
+                img, sx, sy = to_working(img, factors[r.image_path])
+                r = scale_record(r, img.shape[1], img.shape[0], sx, sy)
+            for x0, y0, x1, y1 in val_windows(r.objects, tile_windows(img, work), per_image, rng):
                 objs = objects_in(r.objects, (x0, y0, x1, y1), 0.5)
                 crop = VocRecord(Path(f"{r.stem}@{x0}_{y0}{r.image_path.suffix}"), x1 - x0, y1 - y0, tuple(objs))
                 self.tiles.append((np.ascontiguousarray(img[y0:y1, x0:x1]), crop))
@@ -110,6 +118,13 @@ class DetectionTask:
         self.model = build_detector(len(self.classes) + 1, self.arch, load_pretrained=fresh,
                                     input_size=self.tiling["tile"], masked=True,
                                     members=label_map.member_matrix())
+        start = cfg.get("start")
+        if fresh and start:  # a resumed run has its own weights
+            from lesiondet.engine.checkpoint import load_checkpoint
+
+            kept = load_start(self.model, load_checkpoint(start), self.classes, str(start))
+            if main:
+                log(f"starting from the weights of {start} ({kept})")
         self.augment = train_transforms(cfg.get("augment"))
         seed_augment(self.augment, int(self.tcfg["seed"]) + rank)
         self.dataset = TileDataset(train_records, label_map, self.tiling, self.augment, self.tcfg["use_difficult"],

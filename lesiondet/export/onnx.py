@@ -47,7 +47,7 @@ def export_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the Python side needs to slice, merge and name the classes of an exported network."""
     return {"format": CHECKPOINT_FORMAT, "classes": list(ckpt["classes"]), "label_map": ckpt["label_map"],
             "tiling": ckpt.get("tiling"), "arch": ckpt["arch"], "config": ckpt.get("config", {}),
-            "operating_point": ckpt.get("operating_point")}
+            "operating_point": ckpt.get("operating_point"), "display_point": ckpt.get("display_point")}
 
 
 def default_out(weights: str | Path, fmt: str) -> Path:

@@ -102,7 +102,8 @@ def grade(detections: Sequence[VocObject] | VocRecord, image_size: tuple[int, in
     """ICDR grade (0-3) of one image from its lesion boxes.
 
     Args:
-        detections: lesion objects (``VocObject``, score already thresholded) or a ``VocRecord``.
+        detections: lesion objects (``VocObject``, score already thresholded) or a ``VocRecord``;
+            boxes flagged ``counted=False`` (shown, not counted) are left out.
         image_size: ``(width, height)``; taken from the record when one is given.
         config: thresholds (defaults: ``grading:`` in ``lesiondet/config/defaults.yaml``).
         fov_area_px: pixels inside the field of view, for ``area_fraction``; the
@@ -116,6 +117,7 @@ def grade(detections: Sequence[VocObject] | VocRecord, image_size: tuple[int, in
         objects = list(detections.objects)
     else:
         objects = list(detections)
+    objects = [o for o in objects if o.counted is not False]  # drawn for the reader, below the rules' thresholds
     if image_size is None:
         raise ValueError("image_size is required when passing a list of detections")
     w, h = image_size

@@ -35,6 +35,10 @@ class VocObject:
     box: Box
     difficult: bool = False
     score: float | None = None
+    #: For a detection: whether the grading rules count it (its class's counted threshold) and whether
+    #: the drawing shows it (the display threshold). None: not a thresholded detection (ground truth).
+    counted: bool | None = None
+    shown: bool | None = None
 
     @property
     def width(self) -> float:
@@ -222,7 +226,9 @@ def parse_voc(xml_path: str | Path, label_map: LabelMap, images_dir: str | Path 
         score = None
         if score_text is not None:
             score = _number(xml_path, obj, "score", what)
-        objects.append(VocObject(label, box, difficult, score))
+        flags = [None if _text(obj, tag) is None else _text(obj, tag) not in ("0", "false", "False")
+                 for tag in ("counted", "shown")]  # detect's drawn-versus-counted marks
+        objects.append(VocObject(label, box, difficult, score, *flags))
     return VocRecord(image_path, width, height, tuple(objects), xml_path, source)
 
 
@@ -244,7 +250,7 @@ def _fmt(v: float) -> str:
 
 
 def voc_xml(record: VocRecord, depth: int = 3) -> bytes:
-    """Serialise a record in labelImg's layout; objects with a score get ``<score>``."""
+    """Serialise a record in labelImg's layout; detections get ``<score>``, ``<counted>`` and ``<shown>``."""
     root = etree.Element("annotation")
     etree.SubElement(root, "folder").text = record.image_path.parent.name
     etree.SubElement(root, "filename").text = record.image_path.name
@@ -264,6 +270,9 @@ def voc_xml(record: VocRecord, depth: int = 3) -> bytes:
         etree.SubElement(obj, "difficult").text = "1" if o.difficult else "0"
         if o.score is not None:
             etree.SubElement(obj, "score").text = f"{o.score:.4f}"
+        for tag in ("counted", "shown"):  # what the rules counted, what the drawing shows
+            if getattr(o, tag) is not None:
+                etree.SubElement(obj, tag).text = "1" if getattr(o, tag) else "0"
         bnd = etree.SubElement(obj, "bndbox")
         for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), box_to_voc(o.box)):
             etree.SubElement(bnd, tag).text = _fmt(v)

@@ -99,6 +99,13 @@ def read_oct_data(source: str | Path, classes: Sequence[str] | None = None) -> l
     return samples
 
 
+def check_disjoint(train: Sequence[OctSample], val: Sequence[OctSample], where: str | Path) -> None:
+    """A ``--val`` set that shares a patient with the training scans is refused, as the other trainers do."""
+    from lesiondet.io.splits import check_disjoint as disjoint
+
+    disjoint([s.patient for s in train], [s.patient for s in val], where, "B-scans")
+
+
 def patient_split(samples: Sequence[OctSample], val_fraction: float = 0.2, seed: int = 0
                   ) -> tuple[list[OctSample], list[OctSample]]:
     """Split with every patient's scans on one side, classes balanced as far as groups allow."""

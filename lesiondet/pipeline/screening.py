@@ -116,7 +116,8 @@ class Worklist:
 
 
 def _record_from_doc(doc: dict) -> VocRecord:
-    objs = tuple(VocObject(d["label"], tuple(d["box"]), False, d["score"]) for d in doc["detections"])
+    objs = tuple(VocObject(d["label"], tuple(d["box"]), False, d["score"], d.get("counted"), d.get("shown"))
+                 for d in doc["detections"])
     return VocRecord(Path(doc["image"]), int(doc["width"]), int(doc["height"]), objs)
 
 
@@ -154,6 +155,7 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
         writer_report = ReportWriter(out / "report.html", predictor.classes, "lesiondet detect",
                                      {"weights": predictor.weights,
                                       "operating point": operating_point_text(predictor.operating_point),
+                                      "display thresholds": operating_point_text(predictor.shown_point),
                                       "images": len(paths)}, table=SUMMARY)
     run = DetectRun(out, operating_point=predictor.operating_point, summary=worklist.path, skipped=len(done))
     earlier_failures = [f"{p}: {worklist.done[str(p)]['error']}" for p in paths
@@ -195,7 +197,7 @@ def detect_files(predictor: Predictor, paths: Sequence[str | Path], out: str | P
                                                                          error=rec.problem)))
                     continue
                 doc = {**detections_json(rec), "operating_point": predictor.operating_point.to_dict(),
-                       "optic_disc": disc.to_dict()}
+                       "display_point": predictor.shown_point.to_dict(), "optic_disc": disc.to_dict()}
                 g = final = None
                 if grading is not None:
                     g = grade(rec, config=grading, fov_area_px=float(fov_mask(img).sum()))
@@ -250,7 +252,7 @@ def count_table(run: DetectRun, classes: Sequence[str]) -> str:
     rows = [f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)]
     finals = run.finals or [None] * len(run.records)
     for rec, g, final in zip(run.records, run.grades, finals):
-        n = Counter(o.label for o in rec.objects)
+        n = Counter(o.label for o in rec.objects if o.counted is not False)
         row = f"{rec.image_path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes)
         if final is not None:
             row += ("  ungradable" if final["grade"] is None else

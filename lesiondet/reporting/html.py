@@ -129,7 +129,9 @@ def image_section(index: int, name: str, view_uri: str, record: VocRecord, g: Gr
         f"<tr><td><i style='display:inline-block;width:.8em;height:.8em;background:rgb{colour(o.label)}'></i> "
         f"{_e(o.label)}</td><td class=num>{'' if o.score is None else f'{o.score:.3f}'}</td>"
         f"<td class=num>{o.width:.0f}×{o.height:.0f}</td><td class=num>{o.area:.0f}</td>"
-        f"<td class=num>{', '.join(f'{v:.0f}' for v in o.box)}</td></tr>" for o in objs[:MAX_ROWS]) or "<tr><td colspan=5>none</td></tr>"
+        f"<td class=num>{', '.join(f'{v:.0f}' for v in o.box)}</td>"
+        f"<td>{'shown only' if o.counted is False else 'counted'}</td></tr>"
+        for o in objs[:MAX_ROWS]) or "<tr><td colspan=6>none</td></tr>"
     more = f"<p class=meta>… and {len(objs) - MAX_ROWS} more (all are in the .json).</p>" if len(objs) > MAX_ROWS else ""
     if g is not None:
         reasons = "".join(f"<li>{_e(r)}</li>" for r in g.reasons)
@@ -142,11 +144,13 @@ def image_section(index: int, name: str, view_uri: str, record: VocRecord, g: Gr
         grade_html = "<p class=meta>Not graded.</p>"
     flag_html = "".join(f"<li>{_e(f)}</li>" for f in flags)
     return (f"<section class=image id='img-{index}'><h2>{_e(name)}</h2>"
-            f"<p class=meta>{record.width}×{record.height} px · {len(objs)} detection(s)</p>"
+            f"<p class=meta>{record.width}×{record.height} px · {len(objs)} detection(s) shown, "
+            f"{sum(o.counted is not False for o in objs)} counted by the grading rules (solid boxes; dashed: "
+            f"shown for the reader only)</p>"
             f"<img class=view alt='{_e(name)} with detections' src='{view_uri}'>"
             f"<div class=cols><div>{grade_html}<ul class=flags>{flag_html}</ul></div>"
             f"<div><table class=lesions><thead><tr><th>class</th><th>score</th><th>size (px)</th><th>area</th>"
-            f"<th>box x0, y0, x1, y1</th></tr></thead><tbody>{rows}</tbody></table>{more}</div></div>"
+            f"<th>box x0, y0, x1, y1</th><th>rules</th></tr></thead><tbody>{rows}</tbody></table>{more}</div></div>"
             f"<p><a href='#top'>back to top</a></p></section>\n")
 
 
@@ -183,7 +187,7 @@ class ReportWriter:
         self.n += 1
         flags = flags_for(record, g, final)
         self._parts.write(image_section(i, name, jpeg_data_uri(annotated, VIEW_PX), record, g, flags, final))
-        counts = Counter(o.label for o in record.objects)
+        counts = Counter(o.label for o in record.objects if o.counted is not False)  # what the grade read
         shown = final["grade"] if final is not None else (None if g is None else g.grade)
         shown_name = final["grade_name"] if final is not None else (None if g is None else g.grade_name)
         grade_cell = ("<td class=num data-sort='-1'>–</td><td>" + _e(shown_name or "") + "</td>" if shown is None else

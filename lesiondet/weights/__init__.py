@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
-    "detector.pt": "c4a0160544148d8966e6d310a349ffc02ae8d07c2f36fade7a8446592f9e3aa2",
-    "grader.pt": "f21e03d78988580fa0471ad9ab90268acac526685d937267b8568df2c06589b7",
+    "detector.pt": "28dea368cb271b6b1c3efdfee2ae5d40d5722b77681ed00861550412e2fe73cd",
+    "grader.pt": "047fa45d84b630b3ccb1f78e116e47c5966bfe5814c3b70e3fd387e10acd0c5c",
     "oct.pt": "d881ff7ba430e432af378565f6189672449248ce12bca6961b7976ec7664325f",
     "fluid.pt": "4983f2db609c4d2df5b9620d02f9ac998aacd8aba777cfc52a74b071025a1ebc",
 }

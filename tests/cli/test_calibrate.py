@@ -53,3 +53,31 @@ def test_an_old_checkpoint_with_a_merged_class_loads_and_reports_it(trained_run,
     q = Predictor(tmp_path / "old.pt", "cpu")
     assert q.operating_point.lowest == 0.3 and "stores no operating point" in q.operating_point.purpose
     assert torch.is_tensor(ck["model"][next(iter(ck["model"]))])
+
+
+def test_display_thresholds_are_stored_and_detect_draws_more_than_the_rules_count(trained_run, tiny_sample, tmp_path):
+    from lesiondet.detection.predict import Predictor
+    from lesiondet.io.labels import default_label_map
+    from lesiondet.io.voc import parse_voc
+
+    cal = tmp_path / "calibrated.pt"
+    assert main(["calibrate", "--weights", str(trained_run / "best.pt"), "--voc", str(tiny_sample / "val"),
+                 "--fp-per-image", "0.5", "--display-precision", "0.3", "--out", str(cal), "--device", "cpu"]) == 0
+    ck = load_checkpoint(cal)
+    counted, shown = OperatingPoint.from_checkpoint(ck), OperatingPoint.from_dict(ck["display_point"])
+    assert "at least 0.3 of the boxes drawn" in shown.purpose
+    # the drawing shows a box when it clears either threshold; the rules count only those at the operating point
+    p = Predictor(cal, "cpu")
+    assert p.score == min(counted.lowest, shown.lowest)
+    assert main(["detect", str(tiny_sample / "test" / "JPEGImages"), "--weights", str(cal), "--grade",
+                 "--grader", "none", "--out", str(tmp_path / "d"), "--device", "cpu"]) == 0
+    for f in (tmp_path / "d").glob("*.json"):
+        doc = json.loads(f.read_text())
+        for d in doc["detections"]:
+            assert d["counted"] == (d["score"] >= counted.threshold(d["label"]))
+            assert d["shown"] == (d["score"] >= shown.threshold(d["label"]))
+            assert d["counted"] or d["shown"]
+        n_counted = sum(d["counted"] for d in doc["detections"] if d["label"] != "OD")
+        assert sum(doc["counts"].get(c, 0) for c in doc["counts"] if c != "OD") == n_counted
+        xml = parse_voc(f.with_suffix(".xml"), default_label_map(), need_image=False)
+        assert [o.counted for o in xml.objects] == [d["counted"] for d in doc["detections"]]

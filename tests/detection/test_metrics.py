@@ -112,3 +112,16 @@ def test_ap_by_size_puts_lesions_in_pixel_buckets():
     r = ap_by_size(gt, gt, ["MA", "EX", "OD"])
     assert {k: v["n_gt"] for k, v in r.items()} == {"<8": 1, "8-16": 0, "16-32": 1, "32-96": 0, ">=96": 1}
     assert r["<8"]["AP50"] == pytest.approx(1.0) and np.isnan(r["8-16"]["AP50"])
+
+
+def test_what_a_reader_sees_at_a_threshold_boxes_right_and_lesions_found():
+    from lesiondet.detection.metrics import drawn_stats
+
+    gt = [VocRecord(Path("a.jpg"), 100, 100, (VocObject("MA", (10, 10, 14, 14)), VocObject("MA", (50, 50, 54, 54))))]
+    preds = [VocRecord(Path("a.jpg"), 100, 100, (
+        VocObject("MA", (10, 10, 14, 14), score=0.9),   # right
+        VocObject("MA", (11, 11, 14, 14), score=0.8),   # right again: the reader sees a real lesion
+        VocObject("MA", (80, 80, 84, 84), score=0.7),   # wrong
+        VocObject("MA", (50, 50, 54, 54), score=0.2)))]  # right, but under the threshold
+    assert drawn_stats(gt, preds, "MA", 0.5) == {"boxes": 3, "right": 2 / 3, "found": 0.5, "lesions": 2}
+    assert drawn_stats(gt, preds, "MA", 0.1)["found"] == 1.0

@@ -87,3 +87,34 @@ def test_class_mask_keeps_an_unannotated_class_out_of_the_loss(detector):
     masked = grad_rows([True, True, True, False])  # class 3 not annotated by this image's source
     assert masked[3] == 0 and masked[1] > 0 and masked[0] > 0
     assert grad_rows(None)[3] > 0  # without a mask every class learns from every image
+
+
+def test_a_run_started_from_a_checkpoint_keeps_each_known_class_row_by_name():
+    from lesiondet.detection.model import CHECKPOINT_FORMAT, load_start
+
+    arch = {"fpn_channels": 32}
+    old = build_detector(4, arch, load_pretrained=False, input_size=128)  # classes MA, HE, EX
+    ckpt = {"format": CHECKPOINT_FORMAT, "classes": ["MA", "HE", "EX"], "model": old.state_dict()}
+    new = build_detector(4, arch, load_pretrained=False, input_size=128)  # classes EX, MA, NV: one new
+    fresh = {k: v.clone() for k, v in new.roi_heads.box_predictor.state_dict().items()}
+    said = load_start(new, ckpt, ["EX", "MA", "NV"])
+    assert said == "classes kept from it: EX, MA; new: NV"
+    o, n = old.roi_heads.box_predictor, new.roi_heads.box_predictor
+    assert torch.equal(n.cls_score.weight[0], o.cls_score.weight[0])       # background
+    assert torch.equal(n.cls_score.weight[1], o.cls_score.weight[3])       # EX
+    assert torch.equal(n.cls_score.weight[2], o.cls_score.weight[1])       # MA
+    assert torch.equal(n.cls_score.weight[3], fresh["cls_score.weight"][3])  # NV: its own fresh row
+    assert torch.equal(n.bbox_pred.weight[4:8], o.bbox_pred.weight[12:16])  # EX's four box deltas
+    assert torch.equal(new.backbone.fpn.layer_blocks[0][0].weight, old.backbone.fpn.layer_blocks[0][0].weight)
+
+
+def test_a_start_checkpoint_of_another_network_is_a_one_line_error():
+    from lesiondet.detection.model import CHECKPOINT_FORMAT, load_start
+    from lesiondet.errors import CheckpointError
+
+    other = build_detector(3, {"fpn_channels": 64}, load_pretrained=False, input_size=128)
+    ckpt = {"format": CHECKPOINT_FORMAT, "classes": ["MA", "HE"], "model": other.state_dict()}
+    with pytest.raises(CheckpointError, match="not this run's model"):
+        load_start(build_detector(3, {"fpn_channels": 32}, load_pretrained=False, input_size=128), ckpt, ["MA", "HE"])
+    with pytest.raises(CheckpointError, match="not a lesiondet detector"):
+        load_start(other, {"format": "x"}, ["MA"])

@@ -8,7 +8,10 @@ from lesiondet.detection.operating import (
     OperatingPoint,
     apply_anatomy,
     calibrated,
+    displayed,
+    flag_boxes,
     threshold_at_fp,
+    threshold_at_precision,
 )
 from lesiondet.io.voc import VocObject, VocRecord
 
@@ -84,3 +87,35 @@ def test_a_partial_labels_threshold_goes_to_each_member():
     preds = [_rec("a", [VocObject("HE", (10, 10, 14, 14), score=0.8), VocObject("MA", (60, 60, 64, 64), score=0.4)])]
     op = calibrated(gt, preds, ["HE", "MA"], {"HE_MA": ("HE", "MA")}, 0.0, "x")
     assert op.thresholds == {"HE": pytest.approx(0.8), "MA": pytest.approx(0.8)}
+
+
+def test_the_display_threshold_is_the_lowest_score_whose_boxes_are_right_often_enough():
+    gt = [_rec("a", [VocObject("MA", (10, 10, 14, 14))]), _rec("b", [VocObject("MA", (50, 50, 54, 54))])]
+    preds = [_rec("a", [VocObject("MA", (10, 10, 14, 14), score=0.9), VocObject("MA", (80, 80, 84, 84), score=0.7)]),
+             _rec("b", [VocObject("MA", (30, 30, 34, 34), score=0.6), VocObject("MA", (50, 50, 54, 54), score=0.5)])]
+    # best first: right, wrong, wrong, right: precision 1, 1/2, 1/3, 1/2
+    assert threshold_at_precision(gt, preds, "MA", 1.0) == pytest.approx(0.9)
+    assert threshold_at_precision(gt, preds, "MA", 0.5) == pytest.approx(0.5)  # all four: half right
+    assert threshold_at_precision(gt, preds, "MA", 0.6) == pytest.approx(0.9)
+    op = displayed(gt, preds, ["MA", "OD"], 0.5, "a test set", keep=OperatingPoint({"OD": 0.77}))
+    assert op.thresholds == {"MA": pytest.approx(0.5), "OD": 0.77}  # the disc keeps its counted threshold
+    assert "at least 0.5 of the boxes drawn" in op.purpose
+
+
+def test_boxes_are_flagged_counted_and_shown_and_those_that_are_neither_dropped():
+    counted, shown = OperatingPoint({"EX": 0.9, "MA": 0.3}), OperatingPoint({"EX": 0.5, "MA": 0.6})
+    objs = [VocObject("EX", (0, 0, 1, 1), score=s) for s in (0.95, 0.7, 0.4)] + \
+        [VocObject("MA", (0, 0, 1, 1), score=s) for s in (0.7, 0.4, 0.2)] + [VocObject("MA", (0, 0, 1, 1))]
+    got = [(o.label, o.score, o.counted, o.shown) for o in flag_boxes(objs, counted, shown)]
+    assert got == [("EX", 0.95, True, True), ("EX", 0.7, False, True),
+                   ("MA", 0.7, True, True), ("MA", 0.4, True, False), ("MA", None, None, None)]
+
+
+def test_the_grading_rules_count_only_the_counted_boxes():
+    from lesiondet.grading.rules import grade
+
+    shown_only = [VocObject("HE", (40 + 5 * i, 40, 44 + 5 * i, 44), score=0.6, counted=False, shown=True)
+                  for i in range(5)]
+    counted = [VocObject("MA", (20, 60, 23, 63), score=0.9, counted=True, shown=True)]
+    g = grade(_rec("a", shown_only + counted))
+    assert g.grade == 1 and g.counts.get("HE", 0) == 0

@@ -149,3 +149,13 @@ def test_label_map_restrict_keeps_order_and_ignores_dropped_names(voc_dir):
     lm = LM.restrict({"EX", "MA"})
     assert lm.classes == ("MA", "EX") and lm.num_classes == 3
     assert lm.resolve("haemorrhage") is None
+
+
+def test_detect_xml_keeps_which_boxes_the_rules_counted_through_a_round_trip(tmp_path):
+    objs = (VocObject("EX", (10.0, 10.0, 20.0, 20.0), False, 0.95, True, True),
+            VocObject("EX", (30.0, 10.0, 40.0, 20.0), False, 0.6, False, True),
+            VocObject("MA", (50.0, 10.0, 53.0, 13.0)))
+    write_image(tmp_path / "a.png", (64, 48))
+    write_voc(VocRecord(tmp_path / "a.png", 64, 48, objs), tmp_path / "a.xml")
+    back = parse_voc(tmp_path / "a.xml", LM)
+    assert [(o.counted, o.shown) for o in back.objects] == [(True, True), (False, True), (None, None)]

@@ -35,6 +35,20 @@ def test_no_patient_is_on_both_sides_of_the_split(oct_sample):
     assert not {s.patient for s in train} & {s.patient for s in val}
 
 
+def test_a_validation_folder_sharing_a_patient_with_training_is_refused_in_one_line(oct_sample, tmp_path, capsys):
+    import shutil
+
+    val = tmp_path / "val" / "CNV"
+    val.mkdir(parents=True)
+    scan = sorted((oct_sample / "CNV").iterdir())[0]
+    shutil.copy(scan, val / scan.name)  # the same patient's scan on both sides
+    assert main(["oct", "train", "--data", str(oct_sample), "--val", str(tmp_path / "val"),
+                 "--out", str(tmp_path / "run"), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"patient {patient_of(scan)} has B-scans in both training and validation" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_csv_input_reads_relative_paths_and_rejects_missing_files(oct_sample, tmp_path):
     rows = [f"{p.relative_to(oct_sample.parent)},{p.parent.name}" for p in sorted(oct_sample.glob("*/*.jpeg"))]
     csv_path = oct_sample.parent / "labels.csv"

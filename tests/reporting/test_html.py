@@ -118,3 +118,25 @@ def test_report_renders_in_chromium_and_sorts_by_grade(report_run, browser):
     header.click()
     assert [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#summary tbody td.grade")] == ["3", "0"]
     assert header.get_attribute("aria-sort") == "descending"
+
+
+def test_shown_and_counted_boxes_are_told_apart_in_the_drawing_json_and_xml():
+    import numpy as np
+    from lxml import etree
+
+    from lesiondet.io.voc import voc_xml
+    from lesiondet.reporting.draw import detections_json, draw
+
+    img = np.full((200, 300, 3), 60, np.uint8)
+    counted = VocObject("EX", (20.0, 20.0, 60.0, 60.0), score=0.95, counted=True, shown=True)
+    shown = VocObject("EX", (120.0, 20.0, 160.0, 60.0), score=0.6, counted=False, shown=True)
+    rec = VocRecord(Path("a.jpg"), 300, 200, (counted, shown))
+    doc = detections_json(rec)
+    assert doc["counts"] == {"EX": 1} and doc["shown"] == {"EX": 2}
+    assert [(d["counted"], d["shown"]) for d in doc["detections"]] == [(True, True), (False, True)]
+    objs = etree.fromstring(voc_xml(rec)).findall("object")
+    assert [(o.findtext("counted"), o.findtext("shown")) for o in objs] == [("1", "1"), ("0", "1")]
+    out = draw(img, rec)
+    solid, dashed = out[19:62, 18], out[19:62, 118]  # the left edge of each box
+    assert (solid != 60).all()  # a counted box: a solid line
+    assert (dashed != 60).any() and (dashed == 60).any()  # shown only: dashes
