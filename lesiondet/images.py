@@ -109,6 +109,17 @@ def fov_mask(img: np.ndarray, threshold: int = 20) -> np.ndarray:
     return labels == largest
 
 
+def shrink(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``img`` area-averaged down so its longer side is at most ``max_side``, and the scale used (<= 1)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    if s >= 1:
+        return img, 1.0
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
+
+
 def fov_diameter(img: np.ndarray, max_side: int = 256) -> float:
     """Diameter of the field of view in ``img``'s pixels: the longer side of its mask's bounding box.
 
@@ -116,16 +127,11 @@ def fov_diameter(img: np.ndarray, max_side: int = 256) -> float:
     extent is the diameter. Read on a ``max_side`` copy: a few pixels of error at 256 px are well
     under 1% of the diameter. A photograph without a dark border counts as all field of view.
     """
-    import cv2
-
-    h, w = img.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
-        if s < 1 else img
+    small, s = shrink(img, max_side)
     mask = fov_mask(small)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
-        return float(max(h, w))
+        return float(max(img.shape[:2]))
     return float(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)) / s
 
 

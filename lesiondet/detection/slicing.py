@@ -20,7 +20,6 @@ import random
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
-import cv2
 import numpy as np
 
 from lesiondet.config import check_section, defaults
@@ -120,12 +119,9 @@ def big_enough(boxes: np.ndarray, min_px: float) -> np.ndarray:
 
 def low_res_fov(img: np.ndarray, max_side: int = 256) -> tuple[np.ndarray, float]:
     """Field-of-view mask at ``max_side`` pixels and the factor from source to mask pixels."""
-    from lesiondet.images import fov_mask
+    from lesiondet.images import fov_mask, shrink
 
-    h, w = img.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
-        if s < 1 else img
+    small, s = shrink(img, max_side)
     return fov_mask(small), s
 
 
