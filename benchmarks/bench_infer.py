@@ -39,12 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from lesiondet.detection.data import fit_to, to_tensor
-from lesiondet.pipeline.screening import detect_files
+from lesiondet.detection.data import to_tensor
+from lesiondet.detection.export import OnnxDetector, export
 from lesiondet.detection.predict import Predictor, sliced_predict, tile_windows
-from lesiondet.export.onnx import OnnxDetector, export
-from lesiondet.images import read_rgb
-from lesiondet.io.voc import IMAGE_SUFFIXES
+from lesiondet.images import IMAGE_SUFFIXES, read_rgb, shrink
+from lesiondet.pipeline.screening import detect_files
 
 
 def default_images() -> Path:
@@ -140,7 +139,7 @@ def main() -> None:
         tiles = [full[:, y0:y1, x0:x1] for x0, y0, x1, y1 in tile_windows(im, t)]
         n_tiles += len(tiles)
         batches += [tiles[i:i + int(t["batch"])] for i in range(0, len(tiles), int(t["batch"]))]
-        batches.append([to_tensor(fit_to(im, t["tile"])[0])])  # the whole-image pass
+        batches.append([to_tensor(shrink(im, t["tile"])[0])])  # the whole-image pass
     tiles_s, _, _ = timed(lambda: tile_batches(network, batches))
 
     # 4. onnxruntime against eager PyTorch: the same tiles one at a time (the exported graph takes one

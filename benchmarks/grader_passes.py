@@ -32,8 +32,8 @@ SIZES = [224, 384, 512]
 
 
 def features(cnn: Path, items, tta: bool) -> np.ndarray:
-    from lesiondet.grading.cnn import GraderCNN
-    from lesiondet.grading.readout import cached_features, embed_photographs
+    from lesiondet.grading.cnn import GraderCNN, embed_photographs
+    from lesiondet.grading.readout import cached_features
 
     paths = [i.path for i in items]
     cache = RUN / ("features.npz" if tta else "features_no_mirrors.npz")

@@ -122,8 +122,8 @@ def cnn_copy(weights: Path) -> Path:
 def embeddings(cnn: Path, items, sizes: list[int], tta: bool = True) -> np.ndarray:
     """Multi-scale features of every graded photograph, cached (``features.npz``) for the network's digest;
     ``--ship``'s ``grader fit`` reads the same cache."""
-    from lesiondet.grading.cnn import GraderCNN
-    from lesiondet.grading.readout import cached_features, embed_photographs
+    from lesiondet.grading.cnn import GraderCNN, embed_photographs
+    from lesiondet.grading.readout import cached_features
 
     paths = [i.path for i in items]
     return cached_features(features_cache(tta), cnn, paths, sizes, False,
@@ -189,9 +189,8 @@ def ship_grader(cnn: Path, config: Path | None) -> dict[str, Any]:
     """``lesiondet grader fit`` on all shared graded photographs, with the cached lesion detections, and its
     copy to lesiondet/weights/grader.pt."""
     from lesiondet import api
-    from lesiondet.weights import GRADER, HERE, ship_checkpoint
-
     from lesiondet.config import load_section
+    from lesiondet.weights import GRADER, HERE, ship_checkpoint
 
     cache = features_cache(bool(load_section("grader", config, "", "")["readout_mirrors"]))
     print(f"+ lesiondet grader fit --data {SRAHIM} --weights {cnn} --lesions {LESIONS or RUN / 'detect'} "

@@ -4,6 +4,7 @@
     python benchmarks/oct_fluid.py cv --minutes 7 --name base [--config variant.yaml]   # subject-grouped CV
     python benchmarks/oct_fluid.py classifier                # patient-grouped CV of the OCT classifier
     python benchmarks/oct_fluid.py ship --minutes 10         # the shipped oct.pt and fluid.pt, on all shared data
+    python benchmarks/oct_fluid.py ship --only oct           # ... the classifier alone
 
 ``segment``: ``lesiondet oct segment train --data scans.csv --val-split 0.2 --time-limit M`` (the
 subject split of ``oct_segment_train``, seed 0), then ``lesiondet oct segment eval`` on the
@@ -97,6 +98,21 @@ def pooled_dice(folds: list[dict], post: dict) -> tuple[float, list[float], list
     return dice_of(*total[:3]), per_fold, rows
 
 
+def subject_dice(folds: list[dict], post: dict) -> dict[str, float]:
+    """Pooled Dice of each held-out subject's scans (names ``subjectNN_bscanMM``)."""
+    from lesiondet.oct.segment import clean_mask, dice_of, overlap_counts
+
+    sums: dict[str, np.ndarray] = {}
+    for fd in folds:
+        for name, prob, truth, retina in zip(fd["names"], fd["flip" if post["tta_flip"] else "plain"],
+                                             fd["truth"], fd["retina"]):
+            m = clean_mask(prob.astype(np.float32) / 255, post["threshold"], post["min_region_px"],
+                           retina if post["retina_only"] else None)
+            key = str(name).split("_")[0]
+            sums[key] = sums.get(key, np.zeros(4, np.int64)) + overlap_counts(m, truth)
+    return {k: dice_of(*v[:3]) for k, v in sorted(sums.items())}
+
+
 def cv(minutes: float, name: str, config: Path | None, k: int = 4) -> dict:
     """Subject-grouped CV of one training recipe; post-processing chosen by nested CV on its predictions."""
     import torch
@@ -157,6 +173,8 @@ def cv(minutes: float, name: str, config: Path | None, k: int = 4) -> dict:
         post_table[label] = {"pooled_dice": d, "fold_dice": per, "fold_mean": float(np.mean(per)),
                              "fold_sd": float(np.std(per, ddof=1))}
         print(f"  {label:<30} pooled {d:.3f}  folds " + " ".join(f"{v:.3f}" for v in per), flush=True)
+    per_subject = subject_dice(folds, default_post)
+    print("  per subject (default post-processing): " + ", ".join(f"{k} {v:.3f}" for k, v in per_subject.items()))
     epochs = [max(0, len((out / f"fold{f}" / "metrics.csv").read_text().splitlines()) - 1) for f in range(len(folds))]
     result = {"name": name, "minutes_per_fold": minutes, "epochs_per_fold": epochs, "config": cfg,
               "folds": [fd["held"] for fd in folds],
@@ -166,7 +184,7 @@ def cv(minutes: float, name: str, config: Path | None, k: int = 4) -> dict:
               "nested_fold_dice": nested, "nested_fold_mean": float(np.mean(nested)),
               "nested_fold_sd": float(np.std(nested, ddof=1)), "nested_choices": chosen,
               "post_processing_alone": post_table, "best_post_on_all_folds": everywhere, "best_post_pooled_dice": pooled_dice(folds, everywhere)[0],
-              "per_scan": rows}
+              "per_subject_dice": per_subject, "per_scan": rows}
     write_json(out / "result.json", result)
     print(f"{name}: pooled Dice {pooled:.3f}; per fold " + ", ".join(f"{d:.3f}" for d in per_fold) +
           f" (mean {result['fold_mean']:.3f} ± {result['fold_sd']:.3f})")
@@ -277,23 +295,23 @@ def finetuned(samples, classes, folds, y, minutes: float, linear: dict) -> dict[
             "fine-tuned + multi-scale linear heads, averaged": (proba + multi) / 2}
 
 
-def ship(minutes: float, config: Path | None) -> dict:
+def ship(minutes: float, config: Path | None, only: str | None = None) -> dict:
     """Both OCT models on all shared data with the default recipes, copied to ``lesiondet/weights/``."""
     from lesiondet.weights import FLUID, HERE, OCT, ship_checkpoint
 
     out = RUN / "ship"
     fluid_run, oct_run = out / "fluid", out / "oct"
-    if not (fluid_run / "last.pt").is_file():
+    if only != "oct" and not (fluid_run / "last.pt").is_file():
         lesiondet("oct", "segment", "train", "--data", str(SHARED / "oct_fluid" / "scans.csv"), "--val-split", "0",
                   "--time-limit", str(minutes), "--out", str(fluid_run), "--device", "cpu",
                   *(["--config", str(config)] if config else []))
-    if not (oct_run / "best.pt").is_file():
-        # the classifier's training set: the 46 Kermany scans and the 88 Duke B-scans as extra DME
-        # (the CV's best variant: docs/benchmarks.md)
+    if only != "fluid" and not (oct_run / "best.pt").is_file():
+        # the classifier's training set: every Kermany scan (oct and oct_extra) and the 88 Duke B-scans as
+        # extra DME, as they are stored (the best variant of benchmarks/oct_classifier.py; docs/benchmarks.md)
         from lesiondet.oct.classify import read_oct_data
         from lesiondet.oct.segment import read_fluid_data
 
-        rows = [(s.path, s.label) for s in read_oct_data(SHARED / "oct")]
+        rows = [(s.path, s.label) for s in read_oct_data(SHARED / "oct") + read_oct_data(SHARED / "oct_extra")]
         rows += [(s.image, "DME") for s in read_fluid_data(SHARED / "oct_fluid" / "scans.csv")]
         data = out / "oct_train.csv"
         out.mkdir(parents=True, exist_ok=True)
@@ -301,8 +319,11 @@ def ship(minutes: float, config: Path | None) -> dict:
         lesiondet("oct", "train", "--data", str(data), "--val-split", "0", "--head", "linear",
                   "--out", str(oct_run), "--device", "cpu")
     # the fluid run has no held-out subjects, so its last epoch ships (best.pt is chosen on training scans)
-    shipped = {FLUID: ship_checkpoint(fluid_run / "last.pt", HERE / FLUID),
-               OCT: ship_checkpoint(oct_run / "best.pt", HERE / OCT)}
+    shipped = {}
+    if only != "oct":
+        shipped[FLUID] = ship_checkpoint(fluid_run / "last.pt", HERE / FLUID)
+    if only != "fluid":
+        shipped[OCT] = ship_checkpoint(oct_run / "best.pt", HERE / OCT)
     for name, info in shipped.items():
         print(f"{name}: {info['bytes'] / 2**20:.1f} MB, sha256 {info['sha256']}")
     return shipped
@@ -316,6 +337,7 @@ def main() -> int:
     ap.add_argument("--config", type=Path, help="cv: a YAML with segment: options for this recipe")
     ap.add_argument("--finetune-minutes", type=float, default=0,
                     help="classifier: also fine-tune the network per fold for this long")
+    ap.add_argument("--only", choices=("oct", "fluid"), help="ship: train and ship this model alone")
     a = ap.parse_args()
     RUN.mkdir(parents=True, exist_ok=True)
     if a.what == "segment":
@@ -323,7 +345,7 @@ def main() -> int:
     elif a.what == "cv":
         cv(a.minutes, a.name, a.config)
     elif a.what == "ship":
-        ship(a.minutes, a.config)
+        ship(a.minutes, a.config, a.only)
     else:
         classifier(RUN / "train" / "best.pt", a.finetune_minutes)
     return 0

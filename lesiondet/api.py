@@ -9,6 +9,7 @@ same files as the commands; printing tables is left to the caller.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,51 @@ def _readable(paths: Sequence[Path], read: Callable[[Path], Any], failures: list
             failures.append(str(e))
 
 
+@dataclass
+class _Data:
+    """How one trainer's items are told apart: who they belong to (the split unit) and what they show."""
+
+    what: str                        # "OCT", "grader", ... (the log line's first word)
+    items: str                       # "scans", "photographs"
+    unit: str                        # "patient", "subject"
+    group: Callable[[Any], str]      # item -> patient or subject
+    label: Callable[[Any], Any]      # item -> class or grade (balanced in the split), or None
+    split: Callable[[Sequence[Any], float, int], tuple[list, list]]  # the task's grouped split
+    disjoint: Callable[[Sequence[Any], Sequence[Any], Any], None]     # the task's overlap check
+
+
+def _training_run(data: _Data, items: Sequence[Any], val_items: Sequence[Any] | None, val_where: str | Path | None,
+                  val_split: float, seed: int, out: str | Path, resume: str | Path | None, log: Log,
+                  decode: Callable[[Any], Any] | None = None,
+                  run_dir: Callable[[Path], Path] | None = None) -> tuple[list, list, Path, dict]:
+    """The recipe every trainer follows up to the engine, which then writes the config, best/last and plots:
+
+    1. split: ``val_items`` (refused when they share a patient or subject with ``items``), or a grouped
+       split of ``items`` (``val_split`` 0: none held out);
+    2. every item decoded now (``decode``), so a bad file fails before a run folder exists;
+    3. the run folder: the resumed run's, or a fresh numbered one;
+    4. one line saying what trains on what.
+    Returns the training and validation items, the run folder and ``{item: decoded}``.
+    """
+    if val_items is not None:
+        data.disjoint(items, val_items, val_where)
+        train, val = list(items), list(val_items)
+    elif val_split > 0:
+        train, val = data.split(items, val_split, seed)
+    else:
+        train, val = list(items), []
+    decoded = {i: decode(i) for i in train + val} if decode else {}
+    folder = Path(resume).parent if resume else (run_dir or (lambda o: next_run_dir(o.parent, o.name)))(Path(out))
+    counts = Counter(data.label(i) for i in train)
+    held = (f"validating on {len(val)} {data.items} of {len({data.group(i) for i in val})} other {data.unit}s"
+            if val else f"no {data.unit}s held out (--val-split 0): validation figures are on the training "
+                        f"{data.items}")
+    log(f"{data.what}: training on {len(train)} {data.items} "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])))}) "
+        f"from {len({data.group(i) for i in train})} {data.unit}s, {held}; run folder {folder}")
+    return train, val, folder, decoded
+
+
 def _resumable(resume: str | Path, trust_legacy: bool = False) -> dict[str, Any]:
     """A ``last.pt`` to continue from; ``best.pt`` has no optimizer state and cannot be resumed."""
     from lesiondet.engine.checkpoint import load_checkpoint
@@ -67,15 +113,21 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
           epochs: int | None = None, batch: int | None = None, lr: float | None = None, workers: int | None = None,
           pretrained: str | None = None, tile: int | None = None, overlap: float | None = None,
           device: str = "auto", time_limit: float | None = None, resume: str | Path | None = None,
-          out: str | Path = "runs/train", trust_legacy: bool = False, start: str | Path | None = None,
+          out: str | Path = "runs/train", trust_legacy: bool = False, start: str | Path | None = "auto",
           log: Log = _quiet) -> dict[str, Any]:
     """Train a detector on labelImg folders or dataset YAMLs (``voc``); returns the run summary.
 
     ``resume`` continues a run from its ``last.pt`` with the data and settings it stored. ``start``
-    is a detector checkpoint whose weights a new run starts from (``detection.model.load_start``).
+    says where a new run starts (``detection.start``): ``"auto"`` (the shipped detector when it knows
+    one of the classes and the network is its own, else ImageNet), ``"shipped"``, ``"imagenet"`` (or
+    None), or a detector checkpoint. From a checkpoint, the run reads photographs at its tiling and
+    retinal scale, keeps its classes, trains with the fine-tuning schedule (``train.finetune_*``) and,
+    at the end, re-chooses the operating points on the validation photographs where they are enough
+    (``detection.operating.recalibrated``).
     """
-    from lesiondet.config import load_config, merge
-    from lesiondet.detection.data import check_images
+    from lesiondet.config import merge
+    from lesiondet.detection.data import check_images, check_photographs_disjoint, photograph_of, split_records
+    from lesiondet.detection.preset import load_config
     from lesiondet.detection.train import train as train_detector
     from lesiondet.device import resolve_device
     from lesiondet.io.sources import parse_source
@@ -97,33 +149,86 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
         sources = [parse_source(v, labels) for v in voc]
         cfg["data"] = {"sources": [src.to_dict() for src in sources], "val": val and str(val),
                        "val_split": val_split, "images": images and str(images)}
-        if start:
-            if not Path(start).is_file():
-                raise LesiondetError(start, "start checkpoint not found", "pass a best.pt written by 'lesiondet train'")
-            cfg["start"] = str(start)
-    train_records, val_records, label_map, annotated, n_sources = _training_data(
-        cfg, resume_ck and resume_ck["label_map"], resume)
-    check_images(train_records + val_records)
-
+    records, val_records, label_map, annotated, n_sources = _training_data(cfg, resume_ck and resume_ck["label_map"],
+                                                                           resume)
+    if resume_ck is None:
+        label_map = _start(cfg, start, label_map, {"tile": tile, "overlap": overlap, "lr": lr}, log)
+    check_images(records + (val_records or []))
     dev = resolve_device(device)
-    run_dir = Path(resume).parent if resume_ck is not None else _shared_run_dir(out, dev)
+    # labelImg folders carry no patient ids: each photograph is its own group
+    train_records, val_records, run_dir, _ = _training_run(
+        _Data("detector", "images", "photograph", photograph_of, lambda r: r.source or "images", split_records,
+              check_photographs_disjoint),
+        records, val_records, cfg["data"]["val"], cfg["data"]["val_split"], int(cfg["train"]["seed"]), out, resume,
+        log, run_dir=lambda o: _shared_run_dir(o, dev))
     counts = Counter(o.label for r in train_records for o in r.objects)
-    log(f"training on {len(train_records)} images ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
-        f"validating on {len(val_records)}; classes {list(label_map.classes)}; device {dev}; run folder {run_dir}")
-    if n_sources > 1:
+    log(f"objects: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}; classes {list(label_map.classes)}; "
+        f"device {dev}")
+    # a class no source boxes (one the start checkpoint brought) is masked out of every loss, not background
+    masked = n_sources > 1 or bool(set(label_map.classes) - {c for v in annotated.values() for c in v})
+    if masked:
         log("classes each source annotates (others are masked out of its loss): "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in annotated.items()))
     from lesiondet.reporting.plots import plot_best_pr
 
-    return train_detector(train_records, val_records, label_map, cfg, run_dir, dev, resume=resume,
-                          time_limit_min=time_limit, log=log, annotated=annotated if n_sources > 1 else None,
-                          trust_legacy=trust_legacy, on_best=plot_best_pr)
+    summary = train_detector(train_records, val_records, label_map, cfg, run_dir, dev, resume=resume,
+                             time_limit_min=time_limit, log=log, annotated=annotated if masked else None,
+                             trust_legacy=trust_legacy, on_best=plot_best_pr)
+    best = Path(summary["out_dir"]) / "best.pt"
+    # under torchrun the first process alone re-chooses them, once the others are done with best.pt
+    if os.environ.get("RANK", "0") == "0" and cfg.get("start") and val_records and best.is_file():
+        summary["operating_point"] = _recalibrate(best, Path(cfg["start"]), val_records, label_map, dev, log)
+    return summary
+
+
+def _start(cfg: dict[str, Any], start: str | Path | None, label_map: Any, given: dict[str, Any], log: Log) -> Any:
+    """Settle where a new run starts (``detection.start``) and what that brings into ``cfg``; returns the
+    run's label map (the start's classes join it)."""
+    from lesiondet.detection.start import choose_start, with_start_classes
+
+    st = choose_start(start, cfg["model"], label_map)
+    log(f"starting from {st.why}")
+    if st.path is None:
+        return label_map
+    t = cfg["train"]
+    cfg["start"] = str(st.path)
+    cfg["model"] = {**st.model, "trainable_from": int(t["finetune_trainable_from"])}
+    cfg["model"].pop("min_size", None), cfg["model"].pop("max_size", None)
+    cfg["tiling_resolved"] = {**st.tiling, **{k: v for k, v in given.items() if k in ("tile", "overlap") and v}}
+    if given.get("lr") is None:
+        t["lr"] = float(t["finetune_lr"])
+    t["warmup_iters"] = min(int(t["warmup_iters"]), int(t["finetune_warmup_iters"]))
+    log(f"fine-tuning: lr {t['lr']:g}, warm-up {t['warmup_iters']} steps, backbone blocks before "
+        f"{cfg['model']['trainable_from']} frozen; tiling and retinal scale "
+        f"(retina_px {cfg['tiling_resolved'].get('retina_px')}) from the start")
+    return with_start_classes(label_map, st)
+
+
+def _recalibrate(best: Path, start: Path, val_records: Sequence[Any], label_map: Any, device: Any,
+                 log: Log) -> dict[str, Any]:
+    """The fine-tuned ``best.pt``'s operating points, re-chosen on the validation photographs where they
+    are enough, the start's elsewhere (``detection.operating.recalibrated``); written into ``best.pt``."""
+    from lesiondet.detection.model import CHECKPOINT_FORMAT
+    from lesiondet.detection.operating import OperatingPoint, recalibrated, with_operating_point
+    from lesiondet.detection.predict import Predictor
+    from lesiondet.engine.checkpoint import load_kind
+
+    ck = load_kind(start, CHECKPOINT_FORMAT, "detector", "pass a best.pt written by 'lesiondet train'")
+    counted = OperatingPoint.from_checkpoint(ck, str(start))
+    shown = OperatingPoint.from_dict(ck.get("display_point"), str(start)) if ck.get("display_point") else counted
+    predictor = Predictor(best, str(device), 0.001)
+    preds = predictor.predict_records(list(val_records))
+    op, display, notes = recalibrated(list(val_records), preds, predictor.classes, label_map.partial, counted, shown,
+                                      f"the {len(val_records)} validation photographs")
+    with_operating_point(best, op, best, display)
+    for c, note in notes.items():
+        log(f"operating point {c}: {note}")
+    return {"counted": op.to_dict(), "drawn": display.to_dict(), "notes": notes}
 
 
 def _training_data(cfg: dict[str, Any], resumed_label_map: dict | None, resume: str | Path | None):
-    """Training and validation records of the sources ``cfg["data"]`` names, the label map, and what each
-    source annotates; a resumed run keeps the label map it was trained with."""
-    from lesiondet.detection.data import split_records
+    """The records of the sources ``cfg["data"]`` names, the ``--val`` records (None: split them off), the
+    label map, and what each source annotates; a resumed run keeps the label map it was trained with."""
     from lesiondet.io.labels import LabelMap
     from lesiondet.io.sources import Source, read_sources
     from lesiondet.io.voc import read_voc_dir
@@ -138,8 +243,7 @@ def _training_data(cfg: dict[str, Any], resumed_label_map: dict | None, resume: 
     if len(records) < 2:
         raise LesiondetError(sources[0].voc, "only one annotated image; cannot hold some back for validation",
                              "add images or pass --val DIR")
-    train_records, val_records = split_records(records, data["val_split"], seed=cfg["train"]["seed"])
-    return train_records, val_records, label_map, annotated, len(sources)
+    return records, None, label_map, annotated, len(sources)
 
 
 def _shared_run_dir(out: str | Path, device) -> Path:
@@ -289,7 +393,7 @@ def calibrate(weights: str | Path, voc: str | Path, *, out: str | Path, labels: 
 def export(weights: str | Path, format: str = "onnx", out: str | Path | None = None,
            trust_legacy: bool = False) -> Path:
     """The per-tile network of a detector checkpoint as ONNX or TorchScript; returns the file written."""
-    from lesiondet.export.onnx import export as export_network
+    from lesiondet.detection.export import export as export_network
 
     return export_network(weights, format, out, trust_legacy=trust_legacy)
 
@@ -379,14 +483,14 @@ def grade_voc(voc: str | Path, *, labels: str | Path | None = None, images: str 
 
 
 # --------------------------------------------------------------------------- OCT
-def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: float = 0.2, head: str = "both",
+def oct_train(data: str | Path | Sequence[str | Path], *, val: str | Path | None = None, val_split: float = 0.2, head: str = "both",
               arch: str | None = None, pretrained: str | None = None, config: str | Path | None = None,
               epochs: int | None = None, batch: int | None = None, time_limit: float | None = None,
               device: str = "auto", out: str | Path = "runs/oct", resume: str | Path | None = None,
               log: Log = _quiet) -> dict[str, Any]:
     """Train the OCT B-scan classifier (fine-tuned and/or linear head) with a patient-grouped split.
 
-    ``resume`` continues from a ``last.pt`` with the settings it stored (pass the same ``data``).
+    ``data``: one class-per-folder tree or CSV, or several (their scans are pooled). ``resume`` continues from a ``last.pt`` with the settings it stored (pass the same ``data``).
     """
     from lesiondet.config import load_section
     from lesiondet.device import resolve_device
@@ -401,23 +505,17 @@ def oct_train(data: str | Path, *, val: str | Path | None = None, val_split: flo
     else:
         cfg.update({k: v for k, v in {"epochs": epochs, "batch": batch, "arch": arch,
                                       "pretrained": pretrained}.items() if v is not None})
-    samples = read_oct_data(data)
-    if val:
-        train_s, val_s = samples, read_oct_data(val)
-        check_disjoint(train_s, val_s, val)
-    else:
-        train_s, val_s = patient_split(samples, val_split, cfg["seed"]) if val_split > 0 else (samples, [])
-    classes = sorted({s.label for s in train_s} | {s.label for s in val_s})
+    sources = [data] if isinstance(data, (str, Path)) else list(data)
+    samples = [s for src in sources for s in read_oct_data(src)]
+    val_samples = read_oct_data(val) if val else None
+    classes = sorted({s.label for s in samples + (val_samples or [])})
     if len(classes) < 2:
-        raise LesiondetError(data, f"only one class ({classes[0]})", "add scans of at least one other class")
-    for s in train_s + val_s:
-        read_scan(s.path)  # a bad file fails now, not in epoch five
-    run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
-    counts = Counter(s.label for s in train_s)
-    held = (f"validating on {len(val_s)} scans from {len({s.patient for s in val_s})} other patients" if val_s else
-            "no patients held out (--val-split 0): validation figures are on the training scans")
-    log(f"OCT: training on {len(train_s)} scans ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) "
-        f"from {len({s.patient for s in train_s})} patients, {held}; run folder {run_dir}")
+        raise LesiondetError(sources[0], f"only one class ({classes[0]})", "add scans of at least one other class")
+    # every scan is read now (and let go): a bad file fails before the run folder, not in epoch five
+    train_s, val_s, run_dir, _ = _training_run(
+        _Data("OCT", "scans", "patient", lambda s: s.patient, lambda s: s.label, patient_split, check_disjoint),
+        samples, val_samples, val, val_split, int(cfg["seed"]), out, resume, log,
+        decode=lambda s: read_scan(s.path) is None)
     return train_oct(train_s, val_s, classes, cfg, run_dir, resolve_device(device), head, time_limit, log, resume)
 
 
@@ -456,9 +554,11 @@ def oct_predict(images: Sequence[str | Path], weights: str | Path | None = None,
     docs, failures = [], []
     for p, img in _readable(paths, read_scan, failures):
         probs = dict(zip(clf.classes, map(float, clf.predict_proba_arrays([img])[0])))
-        best = max(probs, key=probs.get)
-        plot_prediction(run_dir / f"{p.stem}.png", img, probs, f"{p.name}: {best} ({probs[best]:.2f})")
-        doc = {"image": str(p), "class": best, "probabilities": probs, "head": clf.head}
+        best, answer = max(probs, key=probs.get), clf.answer(probs)
+        plot_prediction(run_dir / f"{p.stem}.png", img, probs, f"{p.name}: {answer} ({best} {probs[best]:.2f})")
+        # "class" stays the most probable one; "answer" is what to report ("uncertain" under the stored cut)
+        doc = {"image": str(p), "class": best, "answer": answer, "uncertain": answer == "uncertain",
+               "uncertain_below": clf.uncertain_below, "probabilities": probs, "head": clf.head}
         if segmenter is not None:
             from lesiondet.oct.segment import fluid_flag, fluid_summary
 
@@ -511,18 +611,13 @@ def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_sp
         cfg = dict(ck["config"])
     if epochs:
         cfg["epochs"] = epochs
-    scans = read_fluid_data(data)
-    if val:
-        train_s, val_s = scans, read_fluid_data(val)
-        check_disjoint(train_s, val_s, val)
-    else:
-        train_s, val_s = subject_split(scans, val_split, int(cfg["seed"])) if val_split > 0 else (scans, [])
-    decoded = {s: read_pair(s) for s in train_s + val_s}  # a bad or mismatched file fails now, before any run folder
-    run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
-    held = (f"validating on {len(val_s)} scans of {len({s.subject for s in val_s})} other subjects" if val_s else
-            "no subjects held out (--val-split 0): validation figures are on the training scans, keep last.pt")
-    log(f"fluid U-Net: training on {len(train_s)} scans of {len({s.subject for s in train_s})} subjects, "
-        f"{held}; run folder {run_dir}")
+    train_s, val_s, run_dir, decoded = _training_run(  # a bad or mismatched file fails before any run folder
+        _Data("fluid U-Net", "scans", "subject", lambda s: s.subject, lambda s: "B-scans", subject_split,
+              check_disjoint),
+        read_fluid_data(data), read_fluid_data(val) if val else None, val, val_split, int(cfg["seed"]), out,
+        resume, log, decode=read_pair)
+    if not val_s:
+        log("fluid U-Net: with no subjects held out, keep last.pt (best.pt is chosen on the training scans)")
     return train_segmenter(train_s, val_s, cfg, run_dir, resolve_device(device), time_limit_min=time_limit,
                            log=log, resume=resume, decoded=decoded)
 
@@ -620,23 +715,16 @@ def grader_train(data: str | Path, *, val: str | Path | None = None, val_split: 
             cfg["epochs"] = epochs
     else:
         cfg.update({k: v for k, v in {"epochs": epochs, "size": size}.items() if v is not None})
-    items = read_grading_csv(data)
-    if val:
-        train_i, val_i = items, read_grading_csv(val)
-        check_disjoint(train_i, val_i, val)
-    else:
-        train_i, val_i = patient_split(items, val_split, int(cfg["seed"]))
     size = int(cfg["size"])
     # every photograph is decoded and preprocessed now, once: a bad file fails before any run folder
-    decoded = {it.path: load_input(it.path, size, preprocessed) for it in train_i + val_i}
-    run_dir = Path(resume).parent if resume else next_run_dir(Path(out).parent, Path(out).name)
-    counts = Counter(i.grade for i in train_i)
-    grades = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    log(f"grader: training on {len(train_i)} photographs (grades {grades}) "
-        f"from {len({i.patient for i in train_i})} patients, validating on {len(val_i)} from "
-        f"{len({i.patient for i in val_i})} other patients; run folder {run_dir}")
+    train_i, val_i, run_dir, decoded = _training_run(
+        _Data("grader", "photographs", "patient", lambda i: i.patient, lambda i: f"grade {i.grade}", patient_split,
+              check_disjoint),
+        read_grading_csv(data), read_grading_csv(val) if val else None, val, val_split, int(cfg["seed"]), out, resume,
+        log, decode=lambda i: load_input(i.path, size, preprocessed))
     return train_grader(train_i, val_i, cfg, run_dir, resolve_device(device), preprocessed=preprocessed, init=init,
-                        time_limit_min=time_limit, log=log, resume=resume, decoded=decoded)
+                        time_limit_min=time_limit, log=log, resume=resume,
+                        decoded={i.path: im for i, im in decoded.items()})
 
 
 def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | None = None,
@@ -656,10 +744,10 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     from lesiondet.config import load_section
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
     from lesiondet.fileio import write_json
-    from lesiondet.grading.cnn import GraderCNN, read_grading_csv
+    from lesiondet.grading.cnn import GraderCNN, embed_photographs, read_grading_csv
     from lesiondet.grading.learned import plot_confusion, read_lesion_features
     from lesiondet.grading.metrics import grading_metrics
-    from lesiondet.grading.readout import cached_features, embed_photographs, fit_readout
+    from lesiondet.grading.readout import cached_features, fit_readout
     from lesiondet.grading.rules import GradingConfig
 
     cfg = load_section("grader", config, "grader config", "pass a YAML with a grader: section")
@@ -841,8 +929,9 @@ def data_stats(voc: str | Path, *, labels: str | Path | None = None, images: str
 
     from lesiondet.fileio import write_json, write_text
     from lesiondet.io.labels import default_label_map, load_label_map
-    from lesiondet.io.stats import dataset_stats, plot_sizes, stats_html
+    from lesiondet.io.stats import dataset_stats
     from lesiondet.io.voc import read_voc_dir
+    from lesiondet.reporting.stats import plot_sizes, stats_html
 
     lm = load_label_map(labels) if labels else default_label_map()
     records = read_voc_dir(voc, lm, images)

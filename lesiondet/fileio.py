@@ -1,6 +1,8 @@
-"""Atomic writes: a reader never sees a half-written file, a killed run leaves none."""
+"""Atomic writes: a reader never sees a half-written file, a killed run leaves none. And file digests."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -94,3 +96,19 @@ def read_yaml(path: str | Path, what: str, fix: str) -> dict:
     if not isinstance(d, dict):
         raise LesiondetError(p, f"{what} must be a YAML mapping", fix)
     return d
+
+
+def sha256(path: str | Path) -> str:
+    """The file's SHA-256; remembered for the file as it is (path, size, mtime), since a run asks twice
+    for each shipped model (the digest check, then the name of its ONNX copy)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

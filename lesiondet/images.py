@@ -8,6 +8,8 @@ from PIL import Image, UnidentifiedImageError
 
 from lesiondet.errors import ImageError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
 #: Decompression-bomb guard off: 8000x8000 fundus mosaics are legitimate.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -84,7 +86,6 @@ def list_images(folder: str | Path) -> list[Path]:
     """The image files in ``folder``, sorted; a folder without any is an error naming it."""
     from lesiondet.errors import LesiondetError
     from lesiondet.fileio import list_dir
-    from lesiondet.io.voc import IMAGE_SUFFIXES
 
     found = [p for p in list_dir(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not found:

@@ -35,8 +35,8 @@ def add(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from lesiondet import api
-    from lesiondet.pipeline.screening import count_table, operating_point_text
     from lesiondet.grading.rules import PDR_SENTENCE
+    from lesiondet.pipeline.screening import count_table, operating_point_text
 
     r = api.detect(a.images, a.weights, score=a.score, out=a.out, exist_ok=a.exist_ok, grade=a.grade,
                    grading=a.grading, grader=a.grader, report=a.report, device=a.device,

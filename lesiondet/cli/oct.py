@@ -4,15 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiondet.cli.common import (Parser, add_trust_legacy, error, fraction_or_zero, positive_float, positive_int,
-                                  say)
+from lesiondet.cli.common import Parser, add_trust_legacy, error, fraction_or_zero, positive_float, positive_int, say
 
 
 def add(sub) -> None:
     o = sub.add_parser("oct", help="OCT B-scan classifier: CNV / DME / DRUSEN / NORMAL")
     osub = o.add_subparsers(dest="oct_command", required=True, parser_class=Parser)
     ot = osub.add_parser("train", help="train on a class-per-folder tree or a path,label CSV")
-    ot.add_argument("--data", required=True, help="folder with CNV/ DME/ DRUSEN/ NORMAL/ sub-folders, or a CSV")
+    ot.add_argument("--data", required=True, nargs="+",
+                    help="folder(s) with CNV/ DME/ DRUSEN/ NORMAL/ sub-folders, or CSVs; several are pooled")
     og = ot.add_mutually_exclusive_group()
     og.add_argument("--val", help="validation folder or CSV (default: hold out patients from --data)")
     og.add_argument("--val-split", type=fraction_or_zero, default=0.2,
@@ -113,7 +113,9 @@ def run_predict(a: argparse.Namespace) -> int:
         fl = d.get("fluid")
         fluid = f"  fluid {fl['fluid_fraction']:.2%} ({fl['regions']} region(s))" if fl else ""
         flag = f"  FLAG: {d['flag']}" if d.get("flag") else ""
-        print(f"{Path(d['image']).name}: {d['class']}  " + "  ".join(f"{c} {v:.3f}" for c, v in top) + fluid + flag)
+        cut = f" (top probability under {d['uncertain_below']:.2f})" if d["uncertain"] else ""
+        print(f"{Path(d['image']).name}: {d['answer']}{cut}  " + "  ".join(f"{c} {v:.3f}" for c, v in top)
+              + fluid + flag)
     say(f"pictures in {r['out']}")
     for f in r["failures"]:
         error(f)

@@ -28,8 +28,10 @@ def add(sub) -> None:
     t.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                    help="stop cleanly after this many minutes, keeping best.pt")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
-    t.add_argument("--from", dest="start", metavar="CHECKPOINT",
-                   help="start a new run from this detector's weights (classes matched by name)")
+    t.add_argument("--from", dest="start", metavar="auto|shipped|imagenet|CHECKPOINT", default="auto",
+                   help="where a new run starts: auto (default: the shipped detector when it knows one of your "
+                        "classes and the network is its own, else ImageNet), shipped, imagenet, or a detector "
+                        "best.pt (classes matched by name)")
     t.add_argument("--out", default="runs/train", help="run folder; numbered if it exists (default runs/train)")
     t.add_argument("--tile", type=positive_int, help="tile side in model pixels (default 512)")
     t.add_argument("--overlap", type=overlap, help="tile overlap share at validation (default 0.2)")

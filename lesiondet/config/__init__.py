@@ -2,8 +2,9 @@
 
 A user file (``--config``, ``--grading``) lists only what differs from the
 defaults. A key the defaults do not have, or a value of the wrong kind, is a
-one-line error naming the key and the file. ``resolved`` gives the full
-configuration a run folder records as ``config.yaml``.
+one-line error naming the key and the file. A task adds its own rules on top
+(the detector's presets: ``detection.preset``); the full configuration a run
+folder records as ``config.yaml`` is written by ``engine.checkpoint.write_resolved``.
 """
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from typing import Any, Mapping
 from lesiondet.errors import LesiondetError
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
-#: Sections of a detector training preset (configs/models/*.yaml).
-DETECTOR_SECTIONS = ("model", "tiling", "train", "augment")
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,51 +84,9 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any] | None) -> dict[str, 
 DEFAULT_TRAIN: dict[str, Any] = defaults("train")
 
 
-def load_config(path: str | Path | None) -> dict[str, Any]:
-    """A detector preset: ``{"model", "tiling", "train", "augment"}``, each over its defaults."""
-    user: dict[str, Any] = {}
-    if path is not None:
-        user = read_user_file(path, "config", "pass a YAML file such as configs/models/cpu-fast.yaml")
-        unknown = set(user) - set(DETECTOR_SECTIONS)
-        if unknown:
-            key = sorted(unknown)[0]
-            fix = ("pass the label map on the command line: --labels FILE" if key == "labels"
-                   else f"use the sections {', '.join(DETECTOR_SECTIONS)}")
-            raise LesiondetError(path, f"unknown section '{key}'", fix)
-    cfg = {s: check_section(s, user.get(s), path) for s in DETECTOR_SECTIONS}
-    if path is not None:
-        from lesiondet.detection.model import resolve_arch
-        from lesiondet.detection.slicing import resolve_tiling
-
-        try:  # the sections' own rules (choices, ranges), reported against the file
-            resolve_tiling(cfg["tiling"])
-            resolve_arch(cfg["model"])
-        except LesiondetError as e:
-            raise LesiondetError(path, e.problem, e.fix) from None
-    return cfg
-
-
 def load_section(section: str, path: str | Path | None, what: str, fix: str) -> dict[str, Any]:
     """One section from a file that holds it alone or under its name (``oct:``, ``grading:``)."""
     if path is None:
         return defaults(section)
     user = read_user_file(path, what, fix)
     return check_section(section, user.get(section, user) if isinstance(user.get(section), Mapping) else user, path)
-
-
-def write_resolved(path: str | Path, cfg: Mapping[str, Any]) -> None:
-    """The run's full configuration as YAML, written atomically."""
-    import yaml
-
-    from lesiondet.engine.checkpoint import to_plain
-    from lesiondet.fileio import write_text
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, Mapping):
-            return {str(k): plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    write_text(path, "# the fully resolved configuration of this run (lesiondet/config/defaults.yaml + overrides)\n"
-               + yaml.safe_dump(plain(to_plain(dict(cfg))), sort_keys=False, default_flow_style=None))

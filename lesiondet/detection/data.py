@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -23,7 +23,7 @@ from lesiondet.detection.slicing import (
     window_size,
 )
 from lesiondet.errors import ImageError
-from lesiondet.images import read_rgb
+from lesiondet.images import read_rgb, shrink
 from lesiondet.io.labels import LabelMap
 from lesiondet.io.voc import VocObject, VocRecord
 
@@ -52,15 +52,6 @@ def train_transforms(aug: Mapping[str, Any] | None = None) -> A.Compose:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-
-
-def fit_to(img: np.ndarray, side: int) -> tuple[np.ndarray, float]:
-    """Shrink ``img`` so its longer side is at most ``side`` (area interpolation); returns it and the scale."""
-    h, w = img.shape[:2]
-    s = side / max(h, w)
-    if s >= 1:
-        return img, 1.0
-    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
 
 
 def class_mask(annotated: Sequence[str] | None, label_map: LabelMap) -> torch.Tensor:
@@ -199,7 +190,7 @@ class TileDataset(DetectionDataset):
         names = [o.label for o in objs]
         sliced = should_slice(width, height, t)
         if not sliced or random.random() < t["full_fraction"]:
-            small, s = fit_to(img, t["tile"])
+            small, s = shrink(img, t["tile"])
             boxes = np.array([o.box for o in objs], np.float32).reshape(-1, 4) * s
             if sliced:  # lesions shrunk to a pixel or two are the tiles' job
                 big = big_enough(boxes, t["full_min_px"])
@@ -255,6 +246,20 @@ def check_images(records: Sequence[VocRecord]) -> None:
 
 def collate(batch):
     return tuple(zip(*batch))
+
+
+def photograph_of(record: VocRecord) -> str:
+    """The photograph a record is of: its image file (labelImg folders carry no patient ids, and two
+    sets may both have a 0001.jpg)."""
+    return str(Path(record.image_path).resolve())
+
+
+def check_photographs_disjoint(train: Sequence[VocRecord], val: Sequence[VocRecord], where: str | Path) -> None:
+    """A ``--val`` folder holding a photograph the training folders also hold is refused."""
+    from lesiondet.io.splits import check_disjoint
+
+    check_disjoint([photograph_of(r) for r in train], [photograph_of(r) for r in val], where, "annotations",
+                   "photograph")
 
 
 def split_records(records: Sequence[VocRecord], val_fraction: float, seed: int = 0

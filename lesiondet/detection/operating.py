@@ -238,3 +238,46 @@ def with_operating_point(weights: str | Path, op: OperatingPoint | None, out: st
         ckpt[key] = point.to_dict()
     save_checkpoint(out, ckpt)
     return Path(out)
+
+
+#: A class needs this many lesions on this many validation photographs before its thresholds are re-chosen there.
+MIN_LESIONS, MIN_PHOTOGRAPHS = 20, 5
+
+
+def recalibrated(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
+                 partial: Mapping[str, Sequence[str]], counted: OperatingPoint, shown: OperatingPoint,
+                 what: str, fp_per_image: float = 1.0, precision: float = 0.5
+                 ) -> tuple[OperatingPoint, OperatingPoint, dict[str, str]]:
+    """A fine-tuned detector's operating points, re-chosen on the user's validation photographs.
+
+    Per class, as ``lesiondet calibrate`` chooses them (counted: ``fp_per_image`` false positives per
+    photograph; drawn: boxes ``precision`` right), when the class has at least ``MIN_LESIONS`` lesions on
+    ``MIN_PHOTOGRAPHS`` photographs there; otherwise the start checkpoint's thresholds (``counted``,
+    ``shown``) are kept, since a threshold read off a handful of lesions is noise. OD keeps its own (the
+    one-disc rule decides it). Returns both points and, per class, what was done and why.
+    """
+    new_counted = calibrated(gt, preds, classes, partial, fp_per_image, what)
+    new_shown = displayed(gt, preds, classes, precision, what, keep=new_counted)
+    lesions = {c: sum(o.label == c for r in gt for o in r.objects) for c in classes}
+    photos = {c: sum(any(o.label == c for o in r.objects) for r in gt) for c in classes}
+    for name, members in partial.items():  # a merged label's lesions count for each member
+        n = sum(o.label == name for r in gt for o in r.objects)
+        k = sum(any(o.label == name for o in r.objects) for r in gt)
+        for m in members:
+            lesions[m], photos[m] = lesions.get(m, 0) + n, photos.get(m, 0) + k
+    c_thr, s_thr, notes = {}, {}, {}
+    for c in classes:
+        if c != "OD" and lesions[c] >= MIN_LESIONS and photos[c] >= MIN_PHOTOGRAPHS:
+            c_thr[c], s_thr[c] = new_counted.threshold(c), new_shown.threshold(c)
+            notes[c] = (f"re-chosen on {lesions[c]} lesions in {photos[c]} photographs: counted "
+                        f"{counted.threshold(c):.3f} -> {c_thr[c]:.3f}, drawn {shown.threshold(c):.3f} -> {s_thr[c]:.3f}")
+        else:
+            c_thr[c], s_thr[c] = counted.threshold(c), shown.threshold(c)
+            notes[c] = (f"kept from the start ({c_thr[c]:.3f} counted, {s_thr[c]:.3f} drawn): "
+                        + ("the one-disc rule decides it" if c == "OD" else
+                           f"{lesions[c]} lesions in {photos[c]} validation photographs are too few "
+                           f"(at least {MIN_LESIONS} in {MIN_PHOTOGRAPHS})"))
+    purpose = (f"re-chosen after fine-tuning on {what} where a class has enough lesions ({fp_per_image:g} false "
+               f"positive(s) per photograph counted, {precision:g} of drawn boxes right); the start's thresholds "
+               "elsewhere")
+    return OperatingPoint(c_thr, purpose), OperatingPoint(s_thr, purpose), notes

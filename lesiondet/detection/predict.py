@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from lesiondet.detection.data import fit_to, to_tensor
+from lesiondet.detection.data import to_tensor
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections
 from lesiondet.detection.model import CHECKPOINT_FORMAT, detector_from_checkpoint
 from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy, flag_boxes
@@ -26,7 +26,7 @@ from lesiondet.detection.slicing import (
 from lesiondet.device import resolve_device
 from lesiondet.engine.checkpoint import load_checkpoint
 from lesiondet.errors import LesiondetError
-from lesiondet.images import read_rgb
+from lesiondet.images import read_rgb, shrink
 from lesiondet.io.voc import VocObject, VocRecord
 from lesiondet.progress import progress as progress_bar
 
@@ -199,7 +199,7 @@ def sliced_passes(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str, 
         if sliced:
             _tile_passes(model, img, t, device, add)
         if t["full_pass"] or not sliced:
-            small, s = fit_to(img, t["tile"])
+            small, s = shrink(img, t["tile"])
             o = forward(model, [to_tensor(small).to(device)], t["tta"])[0]
             # When sliced, small objects are the tiles' job; in this view they are a few blurred pixels.
             keep = torch.from_numpy(big_enough(o["boxes"].cpu().numpy(), t["full_min_px"])) if sliced else None
@@ -311,7 +311,7 @@ class Predictor:
         #: What runs the network: "torch", or "onnx" (onnxruntime on the CPU; ``export.runtime``).
         self.backend = "onnx"
         if self.weights.suffix.lower() == ".onnx":
-            from lesiondet.export.onnx import EXPORT_SCORE, OnnxDetector
+            from lesiondet.detection.export import EXPORT_SCORE, OnnxDetector
 
             self.device = torch.device("cpu")
             self.network = OnnxDetector(self.weights, EXPORT_SCORE, threads)  # threads: onnxruntime's (default: all)
@@ -354,7 +354,7 @@ class Predictor:
 
     def _onnx_copy(self, backend: str, trust_legacy: bool, threads: int | None) -> Any:
         """The network from the checkpoint's cached ONNX copy (made on first use), or None to run PyTorch."""
-        from lesiondet.export.onnx import EXPORT_SCORE, OnnxDetector, export
+        from lesiondet.detection.export import EXPORT_SCORE, OnnxDetector, export
         from lesiondet.export.runtime import load_or_fall_back
 
         return load_or_fall_back(self.weights, "detector",

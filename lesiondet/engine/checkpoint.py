@@ -80,3 +80,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except Exception as e:  # noqa: BLE001 - anything a legacy pickle raises is the file's fault
         raise CheckpointError(p, f"cannot read the legacy file ({type(e).__name__})",
                               "use another checkpoint") from None
+
+
+def load_kind(path: str | Path, formats: str | tuple[str, ...], what: str, fix: str,
+              trust_legacy: bool = False) -> dict:
+    """A checkpoint of one kind (its ``format``), or a one-line error: "not a lesiondet ``what`` checkpoint"."""
+    ck = load_checkpoint(path, trust_legacy=trust_legacy)
+    if not isinstance(ck, Mapping) or ck.get("format") not in ((formats,) if isinstance(formats, str) else formats):
+        raise CheckpointError(path, f"not a lesiondet {what} checkpoint", fix)
+    return ck
+
+
+def load_weights(module: torch.nn.Module, state: Mapping[str, Any], path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state)`` in float32; a mismatch is a one-line error naming ``path``."""
+    try:
+        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError:
+        raise CheckpointError(path, f"weights do not match {what}",
+                              "retrain, or use the lesiondet version that wrote it") from None
+
+
+def write_resolved(path: str | Path, cfg: Mapping[str, Any]) -> None:
+    """The run's full configuration as YAML, written atomically."""
+    import yaml
+
+    from lesiondet.fileio import write_text
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    write_text(path, "# the fully resolved configuration of this run (lesiondet/config/defaults.yaml + overrides)\n"
+               + yaml.safe_dump(plain(to_plain(dict(cfg))), sort_keys=False, default_flow_style=None))

@@ -199,7 +199,7 @@ class Trainer:
         """Train; returns ``{"out_dir", "best_fitness", "epochs_done", "stopped_early", "history"}``."""
         seed_everything(int(self.cfg.seed) + self.rank)
         if self.main and self.config is not None:
-            from lesiondet.config import write_resolved
+            from lesiondet.engine.checkpoint import write_resolved
 
             write_resolved(self.out_dir / "config.yaml", self.config)
         loader, dist_sampler = self._loader()

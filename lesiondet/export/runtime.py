@@ -59,9 +59,23 @@ def choose_backend(backend: str, device: torch.device) -> str:
     return "onnx"
 
 
+def onnx_session(path: str | Path, threads: int | None, fix: str):
+    """An onnxruntime CPU session for ``path`` (``threads``: intra-op threads, default all); a file it
+    cannot read is a one-line ``CheckpointError`` with ``fix``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise CheckpointError(path, f"cannot read the ONNX file ({type(e).__name__})", fix) from None
+
+
 def cached_onnx(weights: str | Path, kind: str, make: Callable[[Path], object]) -> Path:
     """The cached ONNX copy of ``weights`` (a ``kind`` of network); ``make(path)`` writes it when missing."""
-    from lesiondet.weights import sha256
+    from lesiondet.fileio import sha256
 
     path = cache_dir() / "onnx" / f"{kind}-{sha256(weights)[:20]}.onnx"
     if not path.is_file():

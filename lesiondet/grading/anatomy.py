@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from lesiondet.images import fov_mask  # noqa: F401 - the field of view is an image fact; kept importable here

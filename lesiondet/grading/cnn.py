@@ -37,10 +37,10 @@ from lesiondet.config import defaults
 from lesiondet.engine.trainer import Phase, head_then_all, resample_to
 from lesiondet.errors import CheckpointError, LesiondetError
 from lesiondet.grading.fundus import ben_graham
+from lesiondet.grading.readout import N_GRADES, apply_cuts, tune_cuts, tune_referable
 from lesiondet.images import read_rgb
 
 CNN_FORMAT = "lesiondet-grader-cnn/1"
-N_GRADES = 5
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_GRADER: dict[str, Any] = defaults("grader")
 #: Referable DR: moderate NPDR or worse, or maculopathy (the definition of the IDx-DR trial and UK screening).
@@ -264,43 +264,6 @@ def multitask_loss(out: torch.Tensor, grade: torch.Tensor, mac: torch.Tensor, fo
             "mac": macula.detach()}
 
 
-def apply_cuts(score: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
-    """Grade = number of cut points the score passes."""
-    return np.searchsorted(np.asarray(cuts, float), np.asarray(score, float), side="right")
-
-
-def tune_cuts(score: np.ndarray, y: Sequence[int], start: Sequence[float] = (0.5, 1.5, 2.5, 3.5)) -> list[float]:
-    """Cut points maximising quadratic-weighted kappa on (score, grade) pairs, by coordinate search.
-
-    Starts from the plain rounding points and only moves a cut when kappa strictly improves,
-    so with little validation data the answer stays near rounding.
-    """
-    from lesiondet.grading.learned import quadratic_weighted_kappa as qwk
-
-    cuts = list(start)
-    best = qwk(y, apply_cuts(score, cuts))
-    for _ in range(3):
-        for i in range(len(cuts)):
-            lo = cuts[i - 1] + 0.05 if i else 0.0
-            hi = cuts[i + 1] - 0.05 if i + 1 < len(cuts) else N_GRADES - 1.0
-            for c in np.linspace(lo, hi, 40):
-                trial = cuts[:i] + [float(c)] + cuts[i + 1:]
-                k = qwk(y, apply_cuts(score, trial))
-                if k > best + 1e-9:
-                    best, cuts = k, trial
-    return [round(c, 4) for c in cuts]
-
-
-def tune_referable(p: np.ndarray, truth: Sequence[bool], sensitivity: float) -> float:
-    """The highest threshold on ``p`` whose sensitivity on ``truth`` reaches ``sensitivity`` (0.5 without positives)."""
-    truth = np.asarray(truth, bool)
-    if not truth.any():
-        return 0.5
-    pos = np.sort(p[truth])[::-1]
-    k = int(np.ceil(sensitivity * len(pos))) - 1
-    return float(pos[min(max(k, 0), len(pos) - 1)])
-
-
 class GradingTask:
     """The grading CNN as the engine sees it; fitness is validation QWK with the plain rounding cut points."""
 
@@ -442,12 +405,9 @@ class GraderCNN:
         """``backend``: ``"torch"``, ``"onnx"`` (the feature network on onnxruntime, from an ONNX copy
         cached on first use) or ``"auto"`` (onnxruntime when on the CPU and installed; ``export.runtime``)."""
         from lesiondet.device import resolve_device
-        from lesiondet.engine.checkpoint import load_checkpoint
+        from lesiondet.engine.checkpoint import load_kind, load_weights
 
-        ck = load_checkpoint(weights, trust_legacy=trust_legacy)
-        if not isinstance(ck, Mapping) or ck.get("format") != CNN_FORMAT:
-            raise CheckpointError(weights, "not a lesiondet grading-CNN checkpoint",
-                                  "pass best.pt from 'lesiondet grader train'")
+        ck = load_kind(weights, CNN_FORMAT, "grading-CNN", "pass best.pt from 'lesiondet grader train'", trust_legacy)
         self.weights = Path(weights)
         self.cfg = {**DEFAULT_GRADER, **ck["config"]}
         self.preprocessed = bool(ck["preprocessed"])
@@ -462,11 +422,7 @@ class GraderCNN:
                                   "refit it with 'lesiondet grader fit'") from None
         self.device = resolve_device(device)
         self.model = GraderNet("none")
-        try:
-            self.model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
-        except RuntimeError:
-            raise CheckpointError(weights, "weights do not match the grading CNN",
-                                  "retrain, or use the lesiondet version that wrote it") from None
+        load_weights(self.model, ck["model"], weights, "the grading CNN")
         self.model.to(self.device).eval()
         self.backend = "torch"
         from lesiondet.export.runtime import choose_backend, load_or_fall_back
@@ -583,7 +539,7 @@ class OnnxGraderNet:
     """``GraderNet`` with its feature network on onnxruntime (CPU): ``features`` and ``head`` as GraderNet's."""
 
     def __init__(self, path: str | Path, net: GraderNet, threads: int | None = None) -> None:
-        from lesiondet.export.onnx import onnx_session
+        from lesiondet.export.runtime import onnx_session
 
         self.session = onnx_session(path, threads, "delete it; it is made again on the next run")
         self.head, self.dim = net.head, net.dim
@@ -593,3 +549,20 @@ class OnnxGraderNet:
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"image": np.ascontiguousarray(x.cpu().numpy())})[0])
+
+
+def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[int], preprocessed: bool = False,
+                      chunk: int = 32, progress: bool = False, tta: bool = True) -> np.ndarray:
+    """Multi-scale features (``GraderCNN.embed``) of photographs on disk, a chunk at a time (memory stays flat).
+
+    ``preprocessed`` describes these photographs, not the network: one pre-trained on the
+    source-processed APTOS copy still needs Ben Graham's preprocessing of raw photographs."""
+    from lesiondet.progress import progress as bar
+
+    top = max(sizes)
+    parts = []
+    starts = range(0, len(paths), chunk)
+    for s in bar(list(starts), desc="features", enabled=progress and len(paths) > chunk):
+        imgs = [load_input(p, top, preprocessed) for p in paths[s:s + chunk]]
+        parts.append(grader.embed(imgs, sizes, tta=tta))
+    return np.vstack(parts) if parts else np.zeros((0, 0))

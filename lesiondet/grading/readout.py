@@ -171,8 +171,6 @@ class Readout:
 
     def predict(self, E: np.ndarray, L: np.ndarray | None = None) -> dict[str, Any]:
         """Grades and probabilities from multi-scale CNN features ``E`` (and lesion features ``L``)."""
-        from lesiondet.grading.cnn import apply_cuts
-
         name = self.variant(L is not None)
         feats = {"cnn": E, "lesions": L}
         d = fuse([self.blocks[b].outputs(feats[b]) for b in VARIANTS[name]], self.fusion.get(name))
@@ -196,14 +194,50 @@ class Readout:
                    {v: {k: float(w) for k, w in ws.items()} for v, ws in dict(d.get("fusion") or {}).items()})
 
 
+def apply_cuts(score: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+    """Grade = number of cut points the score passes."""
+    return np.searchsorted(np.asarray(cuts, float), np.asarray(score, float), side="right")
+
+
+def tune_cuts(score: np.ndarray, y: Sequence[int], start: Sequence[float] = (0.5, 1.5, 2.5, 3.5)) -> list[float]:
+    """Cut points maximising quadratic-weighted kappa on (score, grade) pairs, by coordinate search.
+
+    Starts from the plain rounding points and only moves a cut when kappa strictly improves,
+    so with little validation data the answer stays near rounding.
+    """
+    from lesiondet.grading.learned import quadratic_weighted_kappa as qwk
+
+    cuts = list(start)
+    best = qwk(y, apply_cuts(score, cuts))
+    for _ in range(3):
+        for i in range(len(cuts)):
+            lo = cuts[i - 1] + 0.05 if i else 0.0
+            hi = cuts[i + 1] - 0.05 if i + 1 < len(cuts) else N_GRADES - 1.0
+            for c in np.linspace(lo, hi, 40):
+                trial = cuts[:i] + [float(c)] + cuts[i + 1:]
+                k = qwk(y, apply_cuts(score, trial))
+                if k > best + 1e-9:
+                    best, cuts = k, trial
+    return [round(c, 4) for c in cuts]
+
+
+def tune_referable(p: np.ndarray, truth: Sequence[bool], sensitivity: float) -> float:
+    """The highest threshold on ``p`` whose sensitivity on ``truth`` reaches ``sensitivity`` (0.5 without positives)."""
+    truth = np.asarray(truth, bool)
+    if not truth.any():
+        return 0.5
+    pos = np.sort(p[truth])[::-1]
+    k = int(np.ceil(sensitivity * len(pos))) - 1
+    return float(pos[min(max(k, 0), len(pos) - 1)])
+
+
 def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequence[Path], sizes: Sequence[int],
                      preprocessed: bool, compute: Callable[[], Any], tta: bool = True) -> Any:
     """``compute()``, or what ``cache`` (an ``.npz``) holds for the same network digest, photographs, sizes and
     preprocessing; a new result replaces it. Refitting a readout on new lesion evidence then reads no photograph."""
     from json import dumps as json_dumps
 
-    from lesiondet.fileio import atomic_path
-    from lesiondet.weights import sha256
+    from lesiondet.fileio import atomic_path, sha256
 
     if cache is None:
         return compute()
@@ -224,24 +258,6 @@ def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequen
     return E
 
 
-def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[int], preprocessed: bool = False,
-                      chunk: int = 32, progress: bool = False, tta: bool = True) -> np.ndarray:
-    """Multi-scale features (``GraderCNN.embed``) of photographs on disk, a chunk at a time (memory stays flat).
-
-    ``preprocessed`` describes these photographs, not the network: one pre-trained on the
-    source-processed APTOS copy still needs Ben Graham's preprocessing of raw photographs."""
-    from lesiondet.grading.cnn import load_input
-    from lesiondet.progress import progress as bar
-
-    top = max(sizes)
-    parts = []
-    starts = range(0, len(paths), chunk)
-    for s in bar(list(starts), desc="features", enabled=progress and len(paths) > chunk):
-        imgs = [load_input(p, top, preprocessed) for p in paths[s:s + chunk]]
-        parts.append(grader.embed(imgs, sizes, tta=tta))
-    return np.vstack(parts) if parts else np.zeros((0, 0))
-
-
 def _fit_blocks(feats: Mapping[str, np.ndarray], idx: np.ndarray, y: np.ndarray, ref: np.ndarray, mac: np.ndarray,
                 params: Mapping[str, tuple[float, float]]) -> dict[str, Block]:
     return {b: fit_block(X[idx], y[idx], ref[idx], mac[idx], *params[b]) for b, X in feats.items()}
@@ -253,7 +269,6 @@ def fit_readout(E: np.ndarray, L: np.ndarray | None, grades: Sequence[int], refe
     """Fit every block on all photographs; tune each variant's cut points and referable threshold on
     patient-grouped out-of-fold predictions. Returns the readout and those out-of-fold predictions
     (an honest estimate of how it grades new patients)."""
-    from lesiondet.grading.cnn import apply_cuts, tune_cuts
     from lesiondet.io.splits import group_folds
 
     fusion_mode = str(cfg["readout_fusion"])
@@ -297,8 +312,6 @@ def _referable_threshold(p: np.ndarray, grade: np.ndarray, truth: np.ndarray, se
     The grade already refers the eyes it calls 2 or worse, so the threshold only has to find the
     referable eyes the cut points missed.
     """
-    from lesiondet.grading.cnn import tune_referable
-
     missed = truth & (grade < 2)
     need = sensitivity * truth.sum() - (truth & (grade >= 2)).sum()
     if need <= 0 or not missed.any():

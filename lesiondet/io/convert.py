@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from lesiondet.errors import LesiondetError
-from lesiondet.io.voc import IMAGE_SUFFIXES, VocObject, VocRecord, image_size, voc_xml
+from lesiondet.images import IMAGE_SUFFIXES
+from lesiondet.io.voc import VocObject, VocRecord, image_size, voc_xml
 
 #: The colours of the IDRiD segmentation masks in ../shared/data/fundus/idrid/masks (RGB).
 IDRID_COLOURS: dict[str, tuple[int, int, int]] = {

@@ -17,9 +17,9 @@ from lxml import etree
 
 from lesiondet.errors import ImageError, VocError
 from lesiondet.fileio import atomic_path
+from lesiondet.images import IMAGE_SUFFIXES
 from lesiondet.io.labels import LabelMap
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 #: Boxes may overshoot the image by this many pixels (tools that write 0-based
 #: or W+1 coordinates); they are clipped. Anything further out is an error.
 EDGE_TOLERANCE = 1.0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -26,8 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from lesiondet.config import defaults
 from lesiondet.engine.trainer import Phase, head_then_all, resample_to
 from lesiondet.errors import LesiondetError
-from lesiondet.images import read_rgb
-from lesiondet.io.voc import IMAGE_SUFFIXES
+from lesiondet.images import IMAGE_SUFFIXES, read_rgb
 from lesiondet.nn.logistic import PlainLogistic
 from lesiondet.progress import progress as progress_bar
 
@@ -120,13 +120,21 @@ def read_scan(path: str | Path) -> np.ndarray:
     return read_rgb(path, allow_16bit=True)
 
 
-def transforms(size: int, train: bool) -> A.Compose:
-    """Training: random resized crop, small rotation, flip, brightness/contrast. Evaluation: resize only."""
+_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def transforms(size: int, train: bool, interp: str = "area") -> A.Compose:
+    """Training: random resized crop, small rotation, flip, brightness/contrast. Evaluation: resize only.
+
+    ``area`` averages the pixels it shrinks, so a 1024-px-wide export and a 512-px one of the same
+    B-scan give nearly the same input; ``linear`` (what checkpoints without a ``resize`` key used)
+    samples them and keeps each width's own speckle, which the classifier can learn as a class cue.
+    """
     norm = A.Normalize(mean=MEAN, std=STD)
     if not train:
-        return A.Compose([A.Resize(size, size), norm])
+        return A.Compose([A.Resize(size, size, interpolation=_INTERP[interp]), norm])
     return A.Compose([
-        A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), ratio=(0.8, 1.25)),
+        A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), ratio=(0.8, 1.25), interpolation=_INTERP[interp]),
         A.Rotate(limit=10, border_mode=0, p=0.5),
         A.HorizontalFlip(p=0.5),
         A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
@@ -209,12 +217,30 @@ def class_weights(samples: Sequence[OctSample], classes: Sequence[str]) -> torch
 # --------------------------------------------------------------------------- training
 @torch.inference_mode()
 def extract_features(model: OctNet, samples: Sequence[OctSample], size: int, device: torch.device,
-                     batch: int = 16) -> np.ndarray:
+                     batch: int = 16, interp: str = "area", flip: bool = False) -> np.ndarray:
+    """Pooled features of the scans at ``size`` (``flip``: of their mirror images)."""
     model.eval()
-    loader = DataLoader(OctDataset(samples, sorted({s.label for s in samples}), transforms(size, False)),
+    loader = DataLoader(OctDataset(samples, sorted({s.label for s in samples}), transforms(size, False, interp)),
                         batch_size=batch)
-    return np.concatenate([model.features(x.to(device)).float().cpu().numpy() for x, _ in loader]) \
-        if len(samples) else np.zeros((0, model.head.in_features))
+    return np.concatenate([model.features((x.flip(3) if flip else x).to(device)).float().cpu().numpy()
+                           for x, _ in loader]) if len(samples) else np.zeros((0, model.head.in_features))
+
+
+def linear_training_set(model: OctNet, samples: Sequence[OctSample], size: int, device: torch.device,
+                        cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features of the scans at ``size``, and of their mirror images when ``linear_flip`` (a B-scan read
+    left to right or right to left shows the same disease; None otherwise)."""
+    f = extract_features(model, samples, size, device, interp=cfg["resize"])
+    return f, (extract_features(model, samples, size, device, interp=cfg["resize"], flip=True)
+               if cfg["linear_flip"] else None)
+
+
+def fit_linear(f: np.ndarray, f_flip: np.ndarray | None, labels: Sequence[str], classes: Sequence[str],
+               cfg: Mapping[str, Any]) -> PlainLogistic:
+    """One linear head on the features (and the mirrored ones beside them)."""
+    if f_flip is not None:
+        f, labels = np.vstack([f, f_flip]), list(labels) * 2
+    return fit_linear_head(f, labels, classes, cfg["class_weight"])
 
 
 def linear_sizes(cfg: Mapping[str, Any]) -> list[int]:
@@ -222,15 +248,42 @@ def linear_sizes(cfg: Mapping[str, Any]) -> list[int]:
     return [int(z) for z in cfg.get("linear_sizes") or [cfg["size"]]]
 
 
-def fit_linear_head(features: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> PlainLogistic:
-    """Standardised features → class-balanced multinomial logistic regression (scikit-learn), kept as arrays."""
+def class_weight_map(labels: Sequence[str], classes: Sequence[str], mode: str) -> dict[int, float] | None:
+    """Per-class sample weights for the linear head: ``balanced`` (inverse frequency), ``sqrt`` (its
+    square root: rare classes count more, but a class of a dozen scans does not become the default
+    answer for anything unfamiliar) or ``none`` (the training mix is the prior)."""
+    if mode == "none":
+        return None
+    if mode not in ("balanced", "sqrt"):
+        raise LesiondetError(None, f"unknown class weighting '{mode}'", "use balanced, sqrt or none")
+    counts = {i: sum(lab == c for lab in labels) for i, c in enumerate(classes)}
+    n, k = len(labels), sum(1 for v in counts.values() if v)
+    w = {i: (n / (k * v)) ** (1.0 if mode == "balanced" else 0.5) for i, v in counts.items() if v}
+    return w
+
+
+def fit_linear_head(features: np.ndarray, labels: Sequence[str], classes: Sequence[str],
+                    class_weight: str = "balanced", C: float = 0.1) -> PlainLogistic:
+    """Standardised features → multinomial logistic regression (scikit-learn), kept as arrays."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.array([list(classes).index(lab) for lab in labels])
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced"))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(
+        C=C, max_iter=5000, class_weight=class_weight_map(labels, classes, class_weight)))
     return PlainLogistic.from_sklearn(clf.fit(features, y))
+
+
+def kermany_like(img: np.ndarray, width: int = 512) -> np.ndarray:
+    """A B-scan of another cohort (Duke's 768-px, unaveraged Spectralis exports) made to look like a
+    Kermany one: 512 px across, speckle softened as averaged B-scans show it, intensity stretched to
+    the full 8-bit range between its 0.5th and 99.5th percentiles."""
+    h, w = img.shape[:2]
+    out = cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA) if w != width else img
+    out = cv2.medianBlur(out, 3)
+    lo, hi = np.percentile(out, (0.5, 99.5))
+    return np.clip((out.astype(np.float32) - lo) * 255.0 / max(hi - lo, 1.0), 0, 255).astype(np.uint8)
 
 
 def linear_proba(clf, features: np.ndarray, n_classes: int) -> np.ndarray:
@@ -249,9 +302,10 @@ class OctTask:
         self.model, self.cfg, self.classes, self._meta = model, cfg, list(classes), meta
         self.loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_samples, classes).to(device),
                                            label_smoothing=0.05)
-        self.dataset = OctDataset(train_samples, classes, transforms(cfg["size"], True))
+        self.dataset = OctDataset(train_samples, classes, transforms(cfg["size"], True, cfg["resize"]))
         # without validation scans, the training scans (unaugmented) stand in
-        self.val = DataLoader(OctDataset(val_samples or train_samples, classes, transforms(cfg["size"], False)),
+        self.val = DataLoader(OctDataset(val_samples or train_samples, classes,
+                                         transforms(cfg["size"], False, cfg["resize"])),
                               batch_size=cfg["batch"], num_workers=cfg["workers"])
 
     def phases(self) -> list[Phase]:
@@ -287,6 +341,48 @@ class OctTask:
 
 
 
+def calibrate_linear_heads(feats: Sequence[tuple[np.ndarray, np.ndarray | None]], samples: Sequence[OctSample],
+                           classes: Sequence[str],
+                           cfg: Mapping[str, Any], log: Callable[[str], None] = print,
+                           k: int = 5) -> dict[str, Any] | None:
+    """Temperature and "uncertain" cut of the linear heads, from their out-of-fold probabilities.
+
+    The heads are refitted on ``k`` patient-grouped folds of the training scans (seconds: the
+    features are already there). None, with a line saying so, when the scans are too few to fold.
+    """
+    from lesiondet.io.splits import group_folds
+    from lesiondet.oct.calibrate import expected_calibration_error, fit_temperature, uncertain_cut, with_temperature
+
+    y = np.array([list(classes).index(s.label) for s in samples])
+    groups = [s.patient for s in samples]
+    counts = np.bincount(y, minlength=len(classes))
+    if len(set(groups)) < k or counts[counts > 0].min() < 2:
+        log(f"OCT: {len(set(groups))} patients are too few to calibrate out of fold; probabilities left as fitted, "
+            "no 'uncertain' answer")
+        return None
+    folds = group_folds(groups, [s.label for s in samples], k=k, seed=int(cfg["seed"]), items="scans")
+    proba = np.zeros((len(y), len(classes)))
+    for f, f_flip in feats:
+        for tr, te in folds:
+            clf = fit_linear(f[tr], None if f_flip is None else f_flip[tr], [samples[i].label for i in tr], classes,
+                             cfg)
+            proba[te] += linear_proba(clf, f[te], len(classes)) / len(feats)
+    t = fit_temperature(proba, y)
+    scaled = with_temperature(proba, t)
+    out: dict[str, Any] = {"temperature": t, "ece_before": expected_calibration_error(proba, y),
+                           "ece_after": expected_calibration_error(scaled, y), "oof_accuracy":
+                           float((proba.argmax(1) == y).mean()), "n": int(len(y)), "folds": len(folds)}
+    target = float(cfg["uncertain_accuracy"])
+    if target > 0:
+        cut = uncertain_cut(scaled, y, target)
+        out.update(uncertain_below=cut["threshold"], coverage=cut["coverage"], confident_accuracy=cut["accuracy"],
+                   target_accuracy=target)
+    log(f"OCT: temperature {t:.2f} (out-of-fold ECE {out['ece_before']:.3f} -> {out['ece_after']:.3f})" +
+        (f"; 'uncertain' below {out['uncertain_below']:.2f}: {out['coverage']:.0%} of scans answered, "
+         f"{out['confident_accuracy']:.1%} of them right" if "uncertain_below" in out else ""))
+    return out
+
+
 def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSample], classes: Sequence[str],
               cfg: Mapping[str, Any], out_dir: str | Path, device: torch.device, heads: str = "both",
               time_limit_min: float | None = None, log: Callable[[str], None] = print,
@@ -314,15 +410,17 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
         # size, their probabilities averaged (a scan's texture reads differently at each scale).
         sizes = linear_sizes(cfg)
         labels = [s.label for s in train_samples]
-        clfs = [fit_linear_head(extract_features(model, train_samples, z, device), labels, classes) for z in sizes]
+        feats = [linear_training_set(model, train_samples, z, device, cfg) for z in sizes]
+        clfs = [fit_linear(f, f_flip, labels, classes, cfg) for f, f_flip in feats]
+        calibration = calibrate_linear_heads(feats, train_samples, classes, cfg, log)
         # Cloned: fine-tuning below changes the body's tensors in place.
         body = {k: v.detach().cpu().clone() for k, v in model.body.state_dict().items()}
         # "head" alone is what lesiondet < 0.4 reads
         meta["heads"]["linear"] = {"body": body, "head": clfs[0].to_dict(), "sizes": sizes,
-                                   "heads": [c.to_dict() for c in clfs]}
+                                   "heads": [c.to_dict() for c in clfs], "calibration": calibration}
         if val_samples:
-            vp = sum(linear_proba(c, extract_features(model, val_samples, z, device), len(classes))
-                     for c, z in zip(clfs, sizes)) / len(sizes)
+            vp = sum(linear_proba(c, extract_features(model, val_samples, z, device, interp=cfg["resize"]),
+                                  len(classes)) for c, z in zip(clfs, sizes)) / len(sizes)
             acc = float(np.mean(vp.argmax(1) == [classes.index(s.label) for s in val_samples]))
             summary["val"]["linear"] = acc
             log(f"linear head (logistic regression on frozen features): val accuracy {acc:.3f}")
@@ -341,7 +439,7 @@ def train_oct(train_samples: Sequence[OctSample], val_samples: Sequence[OctSampl
             best = max(result["history"], key=lambda r: -r["val_loss"])
             summary["val"]["finetune"] = best["val_acc"]
     else:
-        from lesiondet.config import write_resolved
+        from lesiondet.engine.checkpoint import write_resolved
 
         meta["default_head"] = "linear"
         save_checkpoint(out_dir / "best.pt", meta)
@@ -361,13 +459,12 @@ class OctClassifier:
     def __init__(self, weights: str | Path, head: str | None = None, device: str = "auto",
                  trust_legacy: bool = False) -> None:
         from lesiondet.device import resolve_device
-        from lesiondet.engine.checkpoint import load_checkpoint
+        from lesiondet.engine.checkpoint import load_kind, load_weights
         from lesiondet.errors import CheckpointError
 
-        ck = load_checkpoint(weights, trust_legacy=trust_legacy)
-        legacy = isinstance(ck, Mapping) and ck.get("format") == "lesiondet-oct/1"
-        if not isinstance(ck, Mapping) or (ck.get("format") != OCT_FORMAT and not legacy):
-            raise CheckpointError(weights, "not a lesiondet OCT checkpoint", "pass best.pt from 'lesiondet oct train'")
+        ck = load_kind(weights, (OCT_FORMAT, "lesiondet-oct/1"), "OCT", "pass best.pt from 'lesiondet oct train'",
+                       trust_legacy)
+        legacy = ck["format"] == "lesiondet-oct/1"
         self.classes = list(ck["classes"])
         self.head = head or ck["default_head"]
         if self.head not in ck["heads"]:
@@ -377,14 +474,10 @@ class OctClassifier:
         self.device = resolve_device(device)
         self.model = OctNet(self.cfg["arch"], len(self.classes), "none")
         h = ck["heads"][self.head]
-        try:
-            if self.head == "finetune":
-                self.model.load_state_dict(h["model"] if legacy else ck["model"])
-            else:
-                self.model.body.load_state_dict(h["body"])
-        except RuntimeError:
-            raise CheckpointError(weights, "weights do not match the model they describe",
-                                  "retrain, or use the lesiondet version that wrote it") from None
+        if self.head == "finetune":
+            load_weights(self.model, h["model"] if legacy else ck["model"], weights, "the model they describe")
+        else:
+            load_weights(self.model.body, h["body"], weights, "the model they describe")
         # Linear heads per input size (lesiondet >= 0.4); older checkpoints have one, at the network's
         # size, and lesiondet 0.1 kept the scikit-learn pipeline itself (loaded only with trust_legacy).
         self.sizes = [int(z) for z in h.get("sizes", [self.cfg["size"]])] if self.head == "linear" \
@@ -392,7 +485,9 @@ class OctClassifier:
         self.clfs = [PlainLogistic.from_dict(d) for d in h["heads"]] if "heads" in h else \
             [PlainLogistic.from_dict(h["head"]) if "head" in h else h.get("clf")]
         self.model.to(self.device).eval()
-        self.tfs = [transforms(z, False) for z in self.sizes]
+        # checkpoints without a resize key were trained on linearly resized scans
+        self.tfs = [transforms(z, False, ck["config"].get("resize", "linear")) for z in self.sizes]
+        self.calibration = h.get("calibration") if self.head == "linear" else None
 
     @torch.inference_mode()
     def predict_proba_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -401,9 +496,25 @@ class OctClassifier:
             return x.float().to(self.device)
 
         if self.head == "linear":
-            return sum(linear_proba(c, self.model.features(batch(tf)).cpu().numpy(), len(self.classes))
-                       for c, tf in zip(self.clfs, self.tfs)) / len(self.clfs)
+            p = sum(linear_proba(c, self.model.features(batch(tf)).cpu().numpy(), len(self.classes))
+                    for c, tf in zip(self.clfs, self.tfs)) / len(self.clfs)
+            if self.calibration:
+                from lesiondet.oct.calibrate import with_temperature
+
+                p = with_temperature(p, self.calibration["temperature"])
+            return p
         return torch.softmax(self.model(batch(self.tfs[0])).float(), 1).cpu().numpy()
+
+    @property
+    def uncertain_below(self) -> float | None:
+        """The stored top-probability cut under which the answer is "uncertain" (None: never)."""
+        return (self.calibration or {}).get("uncertain_below")
+
+    def answer(self, probs: Mapping[str, float]) -> str:
+        """The most probable class, or ``"uncertain"`` when its probability is under the stored cut."""
+        best = max(probs, key=probs.get)
+        cut = self.uncertain_below
+        return "uncertain" if cut is not None and probs[best] < cut else best
 
     def predict_proba(self, paths: Sequence[str | Path], batch: int = 16, progress: bool = False) -> np.ndarray:
         out = []

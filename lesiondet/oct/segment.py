@@ -29,14 +29,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from lesiondet.config import defaults
 from lesiondet.engine.trainer import Phase, resample_to
-from lesiondet.errors import CheckpointError, LesiondetError
+from lesiondet.errors import LesiondetError
 from lesiondet.images import read_rgb
 
 SEG_FORMAT = "lesiondet-oct-seg/1"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_SEGMENT: dict[str, Any] = defaults("segment")
 #: inference of checkpoints written before it was configurable (a cut at 0.5 with flip averaging)
-LEGACY_INFERENCE: dict[str, Any] = {"threshold": 0.5, "tta_flip": True, "min_region_px": 0, "retina_only": False}
+LEGACY_INFERENCE: dict[str, Any] = {"threshold": 0.5, "tta_flip": True, "min_region_px": 0, "retina_only": False,
+                                     "normalise": "none"}
 
 
 # --------------------------------------------------------------------------- data
@@ -128,18 +129,32 @@ def check_disjoint(train: Sequence[FluidScan], val: Sequence[FluidScan], where: 
 
 AUGMENTS = ("standard", "strong")
 LOSSES = ("dice_bce", "dice_focal")
+NORMALISE = ("none", "percentile")
 
 
-def transforms(width: int, height: int, train: bool, augment: str = "standard") -> A.Compose:
+def stretch(img: np.ndarray, **_: Any) -> np.ndarray:
+    """The scan's 1st to 99.5th intensity percentiles stretched to 0-255: subjects and sessions differ in
+    brightness and contrast more than fluid differs from tissue."""
+    lo, hi = np.percentile(img, (1.0, 99.5))
+    return np.clip((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
+
+
+def transforms(width: int, height: int, train: bool, augment: str = "standard", normalise: str = "none"
+               ) -> A.Compose:
     """Resize and normalise; for training also flips, shifts, intensity and speckle.
+
+    ``normalise="percentile"`` first stretches each scan's own intensity range (``stretch``).
 
     ``strong`` widens them to what differs between devices and patients: gamma, blur, a larger
     scale range and vertical shift (the retina sits at different depths), stronger speckle.
     """
     if augment not in AUGMENTS:
         raise LesiondetError(None, f"unknown segment augment '{augment}'", f"use one of {', '.join(AUGMENTS)}")
+    if normalise not in NORMALISE:
+        raise LesiondetError(None, f"unknown segment normalise '{normalise}'", f"use one of {', '.join(NORMALISE)}")
     norm = A.Normalize(mean=MEAN, std=STD)
-    resize = A.Resize(height, width)
+    resize = A.Compose([A.Lambda(image=stretch), A.Resize(height, width)] if normalise == "percentile"
+                       else [A.Resize(height, width)])
     if not train:
         return A.Compose([resize, norm])
     if augment == "standard":
@@ -282,8 +297,9 @@ class SegmentTask:
         self.model, self.cfg, self._meta = model, cfg, meta
         w, h = int(cfg["width"]), int(cfg["height"])
         self.loss_fn = segment_loss(str(cfg["loss"]))
-        self.dataset = FluidDataset(train, transforms(w, h, True, str(cfg["augment"])), decoded)
-        self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False), decoded),
+        norm = str(cfg["normalise"])
+        self.dataset = FluidDataset(train, transforms(w, h, True, str(cfg["augment"]), norm), decoded)
+        self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False, normalise=norm), decoded),
                               batch_size=int(cfg["batch"]))
 
     def phases(self) -> list[Phase]:
@@ -351,24 +367,19 @@ class FluidSegmenter:
 
     def __init__(self, weights: str | Path, device: str = "auto", trust_legacy: bool = False) -> None:
         from lesiondet.device import resolve_device
-        from lesiondet.engine.checkpoint import load_checkpoint
+        from lesiondet.engine.checkpoint import load_kind, load_weights
 
-        ck = load_checkpoint(weights, trust_legacy=trust_legacy)
-        if not isinstance(ck, Mapping) or ck.get("format") != SEG_FORMAT:
-            raise CheckpointError(weights, "not a lesiondet OCT fluid checkpoint",
-                                  "pass best.pt from 'lesiondet oct segment train'")
+        ck = load_kind(weights, SEG_FORMAT, "OCT fluid", "pass best.pt from 'lesiondet oct segment train'",
+                       trust_legacy)
         # checkpoints from before the post-processing keys keep the inference they were scored with
         self.cfg = {**DEFAULT_SEGMENT, **LEGACY_INFERENCE, **ck["config"]}
         self.threshold = float(self.cfg["threshold"])
         self.device = resolve_device(device)
         self.model = build_unet("none")
-        try:
-            self.model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
-        except RuntimeError:
-            raise CheckpointError(weights, "weights do not match the fluid U-Net",
-                                  "retrain, or use the lesiondet version that wrote it") from None
+        load_weights(self.model, ck["model"], weights, "the fluid U-Net")
         self.model.to(self.device).eval()
-        self.tf = transforms(int(self.cfg["width"]), int(self.cfg["height"]), False)
+        self.tf = transforms(int(self.cfg["width"]), int(self.cfg["height"]), False,
+                             normalise=str(self.cfg["normalise"]))
 
     @torch.inference_mode()
     def probability(self, img: np.ndarray, flip: bool | None = None) -> np.ndarray:

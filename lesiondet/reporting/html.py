@@ -15,16 +15,18 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from lesiondet.detection.data import fit_to
 from lesiondet.fileio import atomic_path
-from lesiondet.grading.rules import Grade
+from lesiondet.images import shrink
 from lesiondet.io.voc import VocRecord
 from lesiondet.reporting.draw import colour
+
+if TYPE_CHECKING:  # reporting draws what a task returns; it imports no task to run
+    from lesiondet.grading.rules import Grade
 
 #: Longest side of the embedded annotated image and of the thumbnails, in pixels.
 VIEW_PX = 1400
@@ -78,7 +80,7 @@ document.querySelectorAll('#summary th').forEach(function(th, col){
 
 def jpeg_data_uri(rgb: np.ndarray, max_side: int, quality: int = 85) -> str:
     """``data:image/jpeg;base64,…`` of ``rgb`` shrunk to ``max_side`` (never enlarged)."""
-    rgb, _ = fit_to(rgb, max_side)
+    rgb, _ = shrink(rgb, max_side)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")

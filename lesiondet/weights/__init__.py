@@ -8,13 +8,12 @@ a damaged or swapped model must not grade anyone's eyes silently.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lesiondet.errors import CheckpointError
+from lesiondet.fileio import sha256
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 SHIPPED: dict[str, str] = {
     "detector.pt": "28dea368cb271b6b1c3efdfee2ae5d40d5722b77681ed00861550412e2fe73cd",
     "grader.pt": "047fa45d84b630b3ccb1f78e116e47c5966bfe5814c3b70e3fd387e10acd0c5c",
-    "oct.pt": "d881ff7ba430e432af378565f6189672449248ce12bca6961b7976ec7664325f",
+    "oct.pt": "9137787d9e2bc8b4a10063439fae4be5c7d30f4ba12a0200a453dccc40d8ed79",
     "fluid.pt": "4983f2db609c4d2df5b9620d02f9ac998aacd8aba777cfc52a74b071025a1ebc",
 }
 
@@ -30,22 +29,6 @@ DETECTOR = "detector.pt"
 GRADER = "grader.pt"
 OCT = "oct.pt"  # OCT B-scan classifier (CNV / DME / DRUSEN / NORMAL)
 FLUID = "fluid.pt"  # OCT fluid U-Net
-
-
-def sha256(path: str | Path) -> str:
-    """The file's SHA-256; remembered for the file as it is (path, size, mtime), since a run asks twice
-    for each shipped model (the digest check, then the name of its ONNX copy)."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped(name: str) -> Path:

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesiondet.config import DEFAULTS_FILE, check_section, defaults, load_config, load_section
+from lesiondet.config import DEFAULTS_FILE, check_section, defaults, load_section
+from lesiondet.detection.preset import load_config
 from lesiondet.errors import LesiondetError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import torch
 from lesiondet.errors import LesiondetError
 from lesiondet.export import runtime
 from lesiondet.export.runtime import cache_dir, cached_onnx, choose_backend
-from tests.export.test_onnx import SCORE, _match
+from tests.detection.test_export import SCORE, _match
 
 CPU = torch.device("cpu")
 

@@ -4,18 +4,9 @@ import pytest
 import torch
 
 from lesiondet.errors import LesiondetError
-from lesiondet.grading.cnn import (
-    GradedImage,
-    apply_cuts,
-    check_disjoint,
-    decode,
-    multitask_loss,
-    patient_split,
-    read_grading_csv,
-    tune_cuts,
-    tune_referable,
-)
+from lesiondet.grading.cnn import GradedImage, check_disjoint, decode, multitask_loss, patient_split, read_grading_csv
 from lesiondet.grading.learned import quadratic_weighted_kappa
+from lesiondet.grading.readout import apply_cuts, tune_cuts, tune_referable
 
 
 def write_csv(tmp_path, text, images=("a.jpg", "b.jpg")):

@@ -77,8 +77,8 @@ def test_unknown_or_one_class_maculopathy_and_a_missing_grade_do_not_break_the_f
 def test_raw_photographs_get_ben_graham_even_for_a_network_pre_trained_on_processed_ones(tmp_path):
     import cv2
 
+    from lesiondet.grading.cnn import embed_photographs
     from lesiondet.grading.fundus import ben_graham
-    from lesiondet.grading.readout import embed_photographs
 
     img = np.zeros((300, 400, 3), np.uint8)
     cv2.circle(img, (200, 150), 140, (150, 70, 30), -1)

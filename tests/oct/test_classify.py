@@ -133,12 +133,17 @@ def test_the_linear_head_is_one_head_per_input_size_with_probabilities_averaged(
         for z, head in zip(lin["sizes"], lin["heads"]):
             x = torch.from_numpy(transforms(z, False)(image=img)["image"]).permute(2, 0, 1)[None].float()
             per_size.append(linear_proba(PlainLogistic.from_dict(head), clf.model.features(x).numpy(), 4))
-    assert np.allclose(clf.predict_proba_arrays([img]), (per_size[0] + per_size[1]) / 2, atol=1e-5)
+    from lesiondet.oct.calibrate import with_temperature
+
+    t = lin["calibration"]["temperature"]  # the averaged probabilities, then the stored temperature
+    assert np.allclose(clf.predict_proba_arrays([img]), with_temperature((per_size[0] + per_size[1]) / 2, t),
+                       atol=1e-5)
     # a checkpoint from before the per-size heads: one head, at the network's size
     old = {**ck, "heads": {**ck["heads"], "linear": {"body": lin["body"], "head": lin["head"]}}}
     save_checkpoint(tmp_path / "old.pt", old)
     legacy = OctClassifier(tmp_path / "old.pt", head="linear", device="cpu")
     assert legacy.sizes == [64] and np.allclose(legacy.predict_proba_arrays([img]), per_size[0], atol=1e-5)
+    assert legacy.uncertain_below is None  # no calibration stored: never "uncertain"
 
 
 def test_predict_prints_class_and_probabilities_and_saves_a_picture(oct_run, oct_sample, tmp_path, capsys):
@@ -210,3 +215,76 @@ def test_oct_training_resumes_from_last_pt(oct_sample, oct_fast_config, tmp_path
     done = torch.load(out / "last.pt", weights_only=True)
     assert [r["epoch"] for r in done["history"]] == [1, 2, 3]
     assert [r["phase"] for r in done["history"]] == ["head", "all", "all"]
+
+
+def test_sqrt_class_weights_sit_between_none_and_balanced():
+    from lesiondet.oct.classify import class_weight_map
+
+    labels = ["CNV"] * 100 + ["DRUSEN"] * 10 + ["NORMAL"] * 90
+    classes = ["CNV", "DME", "DRUSEN", "NORMAL"]
+    bal, sq = class_weight_map(labels, classes, "balanced"), class_weight_map(labels, classes, "sqrt")
+    assert class_weight_map(labels, classes, "none") is None
+    assert 1 not in bal  # a class with no scans gets no weight
+    assert bal[2] > sq[2] > 1 > sq[0] > bal[0]
+    with pytest.raises(LesiondetError):
+        class_weight_map(labels, classes, "inverse")
+
+
+def test_a_wide_export_and_a_narrow_one_of_the_same_scan_give_nearly_the_same_input():
+    """Area resizing averages what it drops, so the classifier cannot tell a 1024-px export by its speckle."""
+    from lesiondet.oct.classify import transforms
+
+    rng = np.random.default_rng(0)
+    wide = np.repeat(rng.integers(0, 256, (496, 1024, 1), dtype=np.uint8), 3, axis=2)  # speckle
+    narrow = cv2.resize(wide, (512, 496), interpolation=cv2.INTER_AREA)
+
+    def gap(interp):
+        tf = transforms(224, False, interp)
+        return np.abs(tf(image=wide)["image"] - tf(image=narrow)["image"]).mean()
+
+    assert gap("area") < 0.15 < gap("linear") / 2  # measured: 0.08 against 0.41 (normalised units)
+
+
+def test_kermany_like_makes_a_duke_scan_512_wide_and_full_range():
+    from lesiondet.oct.classify import kermany_like
+
+    rng = np.random.default_rng(1)
+    duke = np.repeat(rng.integers(40, 120, (496, 768, 1), dtype=np.uint8), 3, axis=2)
+    out = kermany_like(duke)
+    assert out.shape == (496, 512, 3) and out.dtype == np.uint8
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_training_stores_a_temperature_and_an_uncertain_cut_that_predict_reports(oct_run, oct_sample, tmp_path):
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(oct_run / "best.pt")
+    cal = ck["heads"]["linear"]["calibration"]
+    assert cal["temperature"] > 0 and 0 < cal["coverage"] <= 1 and 0 <= cal["uncertain_below"] <= 1
+    # a cut no probability reaches: every scan is "uncertain", its four probabilities still in the JSON
+    ck["heads"]["linear"]["calibration"] = {**cal, "uncertain_below": 1.01}
+    save_checkpoint(tmp_path / "strict.pt", ck)
+    scan = sorted((oct_sample / "CNV").iterdir())[0]
+    assert main(["oct", "predict", str(scan), "--weights", str(tmp_path / "strict.pt"), "--head", "linear",
+                 "--json", str(tmp_path / "p.json"), "--out", str(tmp_path / "pics"), "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["answer"] == "uncertain" and doc["uncertain"] is True and doc["uncertain_below"] == 1.01
+    assert doc["class"] in ("CNV", "DME", "DRUSEN", "NORMAL") and len(doc["probabilities"]) == 4
+
+
+def test_several_data_folders_are_pooled(oct_sample, oct_fast_config, tmp_path):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in oct_sample.iterdir():
+        files = sorted(d.iterdir())
+        for dst, part in ((a, files[::2]), (b, files[1::2])):
+            (dst / d.name).mkdir(parents=True)
+            for f in part:
+                shutil.copy(f, dst / d.name / f.name)
+    logged = []
+    from lesiondet import api
+
+    api.oct_train([a, b], val_split=0, head="linear", config=oct_fast_config, out=tmp_path / "run", device="cpu",
+                  log=logged.append)
+    assert "training on 24 scans" in logged[0]

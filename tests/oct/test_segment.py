@@ -203,7 +203,6 @@ def _fluid_checkpoint(path, config):
 
 
 def test_the_checkpoint_carries_its_post_processing_and_older_ones_keep_theirs(tmp_path, monkeypatch):
-    from lesiondet.oct import segment
     from lesiondet.oct.segment import FluidSegmenter
 
     new = FluidSegmenter(_fluid_checkpoint(tmp_path / "new.pt", {"width": 64, "height": 32, "threshold": 0.3,

@@ -5,8 +5,8 @@ import torch
 from torchvision.ops import box_iou
 
 from lesiondet.cli import main
+from lesiondet.detection.export import export
 from lesiondet.detection.predict import Predictor
-from lesiondet.export.onnx import export
 from lesiondet.images import read_rgb
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +81,7 @@ def test_an_onnx_file_without_lesiondet_metadata_is_refused(tmp_path, capsys, ti
 
 
 def test_exported_network_takes_any_input_size(onnx_file):
-    from lesiondet.export.onnx import OnnxDetector
+    from lesiondet.detection.export import OnnxDetector
 
     det = OnnxDetector(onnx_file)
     for h, w in ((128, 128), (96, 160)):

@@ -1,5 +1,8 @@
 """Export the per-tile detector network to ONNX or TorchScript, and run an exported ONNX file.
 
+The detector's exporter, beside its model, as the grader's lives in ``grading/cnn.py``;
+``lesiondet.export`` is the runtime both use.
+
 Only the network is exported (MONAI's cut): it takes one RGB image in [0, 1]
 at model scale, ``(3, H, W)`` with any H and W, and returns its boxes, scores
 and labels after torchvision's own per-class NMS, down to score 0.001. Slicing
@@ -21,6 +24,7 @@ import torch
 from lesiondet.detection.model import CHECKPOINT_FORMAT, detector_from_checkpoint
 from lesiondet.engine.checkpoint import load_checkpoint
 from lesiondet.errors import CheckpointError, LesiondetError
+from lesiondet.export.runtime import onnx_session
 from lesiondet.fileio import atomic_path
 
 META_KEY = "lesiondet"
@@ -90,20 +94,6 @@ def _onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, m
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, meta
     onnx.save(model, str(path))
-
-
-def onnx_session(path: str | Path, threads: int | None, fix: str):
-    """An onnxruntime CPU session for ``path`` (``threads``: intra-op threads, default all); a file it
-    cannot read is a one-line ``CheckpointError`` with ``fix``."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise CheckpointError(path, f"cannot read the ONNX file ({type(e).__name__})", fix) from None
 
 
 class OnnxDetector:

@@ -1,0 +1,103 @@
+"""Your camera, your labels: fine-tuning the shipped detector on a camera none of its sets has (ROC).
+
+    python benchmarks/finetune.py                      # shipped as-is; from shipped 5, 10, 20 min; from ImageNet 10 min
+    python benchmarks/finetune.py --minutes 5 10       # fewer runs
+    python benchmarks/finetune.py --report-only        # reprint benchmarks/runs/finetune/result.json
+
+The 50 ROC photographs (one per patient, microaneurysms only) are split once (``split_records``,
+seed 0): 25 to fine-tune on (``lesiondet train`` holds a fifth of them out for its validation and
+its operating points) and 25 of other patients to score on. Each run is what a user types:
+``lesiondet train --voc ft/ --labels configs/datasets/roc.yaml --from shipped|imagenet --time-limit M``,
+then ``lesiondet eval --map`` on the 25 others: MA FROC mean (1/8 to 8 false positives per
+photograph), FROC at 8 and AP50. A finished run is not run again. Run it alone on the machine:
+the runs are cut by the clock.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RUN = ROOT / "benchmarks" / "runs" / "finetune"
+LABELS = ROOT / "configs" / "datasets" / "roc.yaml"
+ROC = ROOT.parent / "shared" / "data" / "fundus" / "roc"
+
+
+def lesiondet(*args: str, log: Path | None = None) -> None:
+    cmd = [sys.executable, "-m", "lesiondet", *args]
+    print("+", " ".join(cmd), flush=True)
+    with open(log, "w") if log else open("/dev/null", "w") as fh:
+        subprocess.run(cmd, check=True, cwd=ROOT, stderr=fh if log else None)
+
+
+def split() -> tuple[Path, Path]:
+    """Symlinked ``ft/`` (25 photographs) and ``test/`` (25 of other patients) labelImg folders."""
+    from lesiondet.detection.data import split_records
+    from lesiondet.io.labels import load_label_map
+    from lesiondet.io.voc import read_voc_dir
+
+    records = read_voc_dir(ROC, load_label_map(LABELS))
+    ft, test = split_records(records, 0.5, seed=0)
+    for name, recs in (("ft", ft), ("test", test)):
+        for sub in ("Annotations", "JPEGImages"):
+            (RUN / name / sub).mkdir(parents=True, exist_ok=True)
+        for r in recs:
+            for link, target in ((RUN / name / "Annotations" / r.xml_path.name, r.xml_path),
+                                 (RUN / name / "JPEGImages" / r.image_path.name, r.image_path)):
+                if not link.exists():
+                    link.symlink_to(target.resolve())
+    return RUN / "ft", RUN / "test"
+
+
+def score(weights: Path | None, test: Path, name: str) -> dict:
+    out = RUN / f"eval_{name}.json"
+    if not out.is_file():
+        lesiondet("eval", "--map", "--voc", str(test), "--labels", str(LABELS), "--json", str(out),
+                  "--out", str(RUN / f"eval_{name}"), "--device", "cpu", "--weights",
+                  str(weights or ROOT / "lesiondet" / "weights" / "detector.pt"))
+    m = json.loads(out.read_text())
+    froc = m["froc"]["MA"]
+    return {"froc_mean": froc["mean"], "froc_8": froc["8"], "ap50": m["per_class"]["MA"]["AP50"], "froc": froc}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--imagenet-minutes", type=float, default=10)
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args()
+    if a.report_only:
+        print((RUN / "result.json").read_text())
+        return 0
+    from lesiondet.fileio import write_json
+
+    ft, test = split()
+    rows = {"shipped, as it is": score(None, test, "shipped")}
+    short = [m for m in a.minutes if m <= a.imagenet_minutes]  # the long run last: it is the one to cut
+    plan = ([("shipped", m) for m in short] + ([("imagenet", a.imagenet_minutes)] if a.imagenet_minutes else [])
+            + [("shipped", m) for m in a.minutes if m not in short])
+    for start, minutes in plan:
+        name = f"{start}_{minutes:g}min"
+        run = RUN / name
+        if not (run / "best.pt").is_file():
+            lesiondet("train", "--voc", str(ft), "--labels", str(LABELS), "--from", start, "--epochs", "1000",
+                      "--time-limit", str(minutes), "--out", str(run), "--device",
+                      "cpu", log=RUN / f"{name}.log")
+        rows[f"from {start}, {minutes:g} min"] = {**score(run / "best.pt", test, name),
+                                                   "log": (RUN / f"{name}.log").read_text().splitlines()[-12:]}
+    print(f"{'run':<28} {'MA FROC mean':>12} {'FROC@8':>7} {'AP50':>6}")
+    for k, v in rows.items():
+        f = (lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "  -  ")
+        print(f"{k:<28} {f(v['froc_mean']):>12} {f(v['froc_8']):>7} {f(v['ap50']):>6}")
+    write_json(RUN / "result.json", {"split": {"fine_tune": len(list((ft / 'Annotations').glob('*.xml'))),
+                                               "test": len(list((test / 'Annotations').glob('*.xml')))},
+                                     "runs": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
