@@ -109,3 +109,42 @@ def test_a_run_from_a_checkpoint_keeps_its_classes_masks_those_unboxed_and_recho
     assert ck["operating_point"]["thresholds"], "the operating points were re-chosen or carried over"
     assert ck["tiling"]["tile"] == start_ck["tiling"]["tile"]
     json.dumps(ck["operating_point"])
+
+
+def test_a_fine_tune_resumes_from_its_last_pt_without_starting_again(trained_run, tiny_sample, tiny_config,
+                                                                      tmp_path, capsys):
+    import torch
+
+    from lesiondet.cli import main
+
+    out = tmp_path / "ft"
+    args = ["--config", str(tiny_config), "--device", "cpu"]
+    assert main(["train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"), "--from",
+                 str(trained_run / "best.pt"), "--epochs", "1", "--out", str(out), *args]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "starting from" not in err  # a resumed run continues its own weights
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert [r["epoch"] for r in ck["history"]] == [1, 2] and ck["config"]["start"] == str(trained_run / "best.pt")
+
+
+def test_an_old_checkpoint_without_scale_or_thresholds_can_be_the_start(trained_run, tiny_sample, tiny_config,
+                                                                        tmp_path):
+    """A detector written before the retinal scale, the operating points and the source masks."""
+    import torch
+
+    from lesiondet.cli import main
+    from lesiondet.engine.checkpoint import save_checkpoint
+
+    ck = torch.load(trained_run / "best.pt", weights_only=True)
+    for key in ("operating_point", "display_point", "annotated"):
+        ck.pop(key, None)
+    ck["tiling"] = {k: v for k, v in ck["tiling"].items() if k != "retina_px"}
+    save_checkpoint(tmp_path / "old.pt", ck)
+    out = tmp_path / "ft"
+    assert main(["train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"), "--from",
+                 str(tmp_path / "old.pt"), "--epochs", "1", "--config", str(tiny_config), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    new = torch.load(out / "best.pt", weights_only=True)
+    assert new["classes"] == ck["classes"] and new["operating_point"]["thresholds"]
