@@ -208,9 +208,10 @@ def _torchvision_body(arch: str, pretrained: str) -> tuple[nn.Module, int]:
 
 
 def class_weights(samples: Sequence[OctSample], classes: Sequence[str]) -> torch.Tensor:
-    """Inverse-frequency weights, mean 1: Kermany's training set is 45% CNV and 10% drusen."""
-    counts = np.array([sum(s.label == c for s in samples) for c in classes], float)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(classes), 0.0)
+    """The fine-tuned head's loss weights: the linear heads' balanced weights (``class_weight_map``), scaled
+    to mean 1 over the classes present (Kermany's training set is 45% CNV and 10% drusen); absent ones 0."""
+    per = class_weight_map([s.label for s in samples], classes, "balanced") or {}
+    w = np.array([per.get(i, 0.0) for i in range(len(classes))])
     return torch.tensor(w / w[w > 0].mean(), dtype=torch.float32)
 
 
