@@ -41,15 +41,10 @@ def split() -> tuple[Path, Path]:
     from lesiondet.io.voc import read_voc_dir
 
     records = read_voc_dir(ROC, load_label_map(LABELS))
+    from benchmarks.real_data import link_folders
+
     ft, test = split_records(records, 0.5, seed=0)
-    for name, recs in (("ft", ft), ("test", test)):
-        for sub in ("Annotations", "JPEGImages"):
-            (RUN / name / sub).mkdir(parents=True, exist_ok=True)
-        for r in recs:
-            for link, target in ((RUN / name / "Annotations" / r.xml_path.name, r.xml_path),
-                                 (RUN / name / "JPEGImages" / r.image_path.name, r.image_path)):
-                if not link.exists():
-                    link.symlink_to(target.resolve())
+    link_folders(RUN, {"ft": ft, "test": test})
     return RUN / "ft", RUN / "test"
 
 

@@ -57,7 +57,13 @@ def make_split(dataset: str, out: Path) -> tuple[Path, Path, Path]:
     import shutil
 
     shutil.rmtree(out / "val", ignore_errors=True)
-    for name, recs in (("train", train), ("val", val)):
+    link_folders(out, {"train": train, "val": val})
+    return out / "train", out / "val", yaml_path
+
+
+def link_folders(out: Path, parts: dict) -> None:
+    """``out/NAME/Annotations`` and ``out/NAME/JPEGImages`` for each part's records, as symlinks to the data."""
+    for name, recs in parts.items():
         for sub in ("Annotations", "JPEGImages"):
             (out / name / sub).mkdir(parents=True, exist_ok=True)
         for r in recs:
@@ -65,7 +71,6 @@ def make_split(dataset: str, out: Path) -> tuple[Path, Path, Path]:
                                  (out / name / "JPEGImages" / r.image_path.name, r.image_path)):
                 if not link.exists():
                     link.symlink_to(target.resolve())
-    return out / "train", out / "val", yaml_path
 
 
 def lesiondet_cmd(train: Path, val: Path, labels: Path, minutes: float, out: Path) -> list[str]:
