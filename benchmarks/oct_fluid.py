@@ -2,6 +2,7 @@
 
     python benchmarks/oct_fluid.py segment --minutes 15      # train on 6 subjects, score the other 2
     python benchmarks/oct_fluid.py cv --minutes 7 --name base [--config variant.yaml]   # subject-grouped CV
+    python benchmarks/oct_fluid.py ensemble --names base seed1   # two cv runs' maps averaged, against each alone
     python benchmarks/oct_fluid.py classifier                # patient-grouped CV of the OCT classifier
     python benchmarks/oct_fluid.py ship --minutes 10         # the shipped oct.pt and fluid.pt, on all shared data
     python benchmarks/oct_fluid.py ship --only oct           # ... the classifier alone
@@ -329,11 +330,49 @@ def ship(minutes: float, config: Path | None, only: str | None = None) -> dict:
     return shipped
 
 
+def ensemble(names: list[str], k: int = 4) -> dict:
+    """Averaged probability maps of several ``cv`` runs (the same folds), against each run alone.
+
+    Each run's fold models never saw that fold's subjects, so the average is a held-out ensemble of
+    ``len(names)`` models, scored with the default post-processing.
+    """
+    from lesiondet.config import load_section
+    from lesiondet.fileio import write_json
+    from lesiondet.oct.segment import read_fluid_data, read_pair, retina_band
+
+    cfg = load_section("segment", None, "segmentation config", "")
+    post = {key: cfg[key] for key in ("threshold", "tta_flip", "retina_only", "min_region_px")}
+    scans = read_fluid_data(SHARED / "oct_fluid" / "scans.csv")
+    runs: dict[str, list[dict]] = {n: [] for n in [*names, "ensemble"]}
+    for f, held in enumerate(subject_folds(scans, k)):
+        val = [s for s in scans if s.subject in held]
+        retina = [retina_band(read_pair(s)[0]) for s in val]
+        zs = [np.load(RUN / "cv" / n / f"fold{f}" / "probs.npz") for n in names]
+        assert all(list(z["names"]) == list(zs[0]["names"]) for z in zs), "the runs' folds differ"
+        for n, z in zip(names, zs):
+            runs[n].append({"held": held, "names": list(z["names"]), "plain": z["plain"], "flip": z["flip"],
+                            "truth": z["truth"], "retina": retina})
+        avg = {key: np.mean([z[key].astype(np.float32) for z in zs], 0).round().astype(np.uint8)
+               for key in ("plain", "flip")}
+        runs["ensemble"].append({"held": held, "names": list(zs[0]["names"]), **avg, "truth": zs[0]["truth"],
+                                 "retina": retina})
+    result = {}
+    for n, folds in runs.items():
+        pooled, per_fold, _ = pooled_dice(folds, post)
+        result[n] = {"pooled_dice": pooled, "fold_dice": per_fold, "fold_mean": float(np.mean(per_fold)),
+                     "per_subject_dice": subject_dice(folds, post)}
+        print(f"{n:<10} pooled {pooled:.3f}  folds " + " ".join(f"{v:.3f}" for v in per_fold) + "  subjects "
+              + " ".join(f"{s}:{v:.3f}" for s, v in result[n]["per_subject_dice"].items()), flush=True)
+    write_json(RUN / "cv" / f"ensemble_{'_'.join(names)}.json", {"post": post, "runs": result})
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("segment", "cv", "classifier", "ship"))
+    ap.add_argument("what", choices=("segment", "cv", "ensemble", "classifier", "ship"))
     ap.add_argument("--minutes", type=float, default=15)
     ap.add_argument("--name", default="base", help="cv: the recipe's name (its folder under cv/)")
+    ap.add_argument("--names", nargs="+", default=["base", "seed1"], help="ensemble: the cv runs to average")
     ap.add_argument("--config", type=Path, help="cv: a YAML with segment: options for this recipe")
     ap.add_argument("--finetune-minutes", type=float, default=0,
                     help="classifier: also fine-tune the network per fold for this long")
@@ -344,6 +383,8 @@ def main() -> int:
         segment(a.minutes)
     elif a.what == "cv":
         cv(a.minutes, a.name, a.config)
+    elif a.what == "ensemble":
+        ensemble(a.names)
     elif a.what == "ship":
         ship(a.minutes, a.config, a.only)
     else:

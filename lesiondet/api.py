@@ -26,8 +26,15 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found in the folders named; a folder without images is an error."""
+LIST_SUFFIXES = (".csv", ".txt", ".lst")
+
+
+def collect_images(inputs: Sequence[str | Path], lists: bool = False) -> list[Path]:
+    """Image files named directly or found in the folders named; a folder without images is an error.
+
+    With ``lists``, a ``.csv``/``.txt``/``.lst`` file is a list of photographs (``read_image_list``), and a
+    path it names that does not exist stays in, to become a failed row of the run, not an error here.
+    """
     from lesiondet.images import list_images
 
     paths: list[Path] = []
@@ -35,11 +42,45 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
         p = Path(s)
         if p.is_dir():
             paths += list_images(p)
+        elif lists and p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            paths += read_image_list(p)
         elif p.exists():
             paths.append(p)
         else:
             raise LesiondetError(p, "image not found", "check the path")
     return paths
+
+
+def read_image_list(path: str | Path) -> list[Path]:
+    """The photographs a list file names: a text file with one path per line (blank lines and ``#`` comments
+    skipped), or a CSV whose ``image`` (or ``path``, ``file``) column, else first column, holds them.
+
+    Relative paths are relative to the list file's folder, so a manifest moves with its photographs.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LesiondetError(path, f"cannot read the list ({type(e).__name__})",
+                             "give a UTF-8 text or CSV file with one path per row") from None
+    if path.suffix.lower() == ".csv":
+        try:
+            rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+        except csv.Error as e:
+            raise LesiondetError(path, f"is not valid CSV ({e})", "give one path per row") from None
+        header = [c.strip().lower() for c in rows[0]] if rows else []
+        col = next((header.index(k) for k in ("image", "path", "file") if k in header), None)
+        if col is not None:
+            rows = rows[1:]
+        names = [r[col or 0].strip() for r in rows if len(r) > (col or 0)]
+    else:
+        names = [ln.strip() for ln in text.splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise LesiondetError(path, "lists no photographs", "give one image path per row")
+    return [p if p.is_absolute() else path.parent / p for p in map(Path, names)]
 
 
 def _readable(paths: Sequence[Path], read: Callable[[Path], Any], failures: list[str]):
@@ -265,8 +306,10 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
            out: str | Path = "runs/detect", exist_ok: bool = False, grade: bool = False,
            grading: str | Path | None = None, grader: str | Path | None = None, report: bool = False,
            device: str = "auto", trust_legacy: bool = False, resume: bool = False, backend: str = "auto",
-           **tiling: Any):
-    """Detect lesions in image files and folders; returns the ``DetectRun`` (records, grades, finals, failures).
+           engine: str = "serial", address: str | None = None, workers: int | None = None,
+           threads: int | None = None, **tiling: Any):
+    """Detect lesions in image files, folders and list files; returns the ``DetectRun`` (records, grades, finals,
+    failures).
 
     ``weights`` defaults to the shipped detector; ``score`` None reports each class at the checkpoint's operating
     point (``detection.operating``), a number at that score for all. With ``grade``, each photograph is checked for imageability
@@ -275,29 +318,45 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     ``tiling`` overrides the checkpoint's slicing (``tile=``, ``overlap=``, ``merge=``, ``slice=``, ``tta=`` ...).
     Every run writes the worklist ``out/summary.csv``; ``resume`` continues a killed run in ``out`` itself.
     ``backend`` says what runs both networks (``export.runtime``: ``auto`` is onnxruntime on the CPU).
+    ``engine="ray"`` spreads the photographs over Ray workers (``pipeline.distributed``: ``address`` an existing
+    cluster, else a local instance; ``workers`` of ``threads`` CPUs each) and writes the same outputs.
     """
-    from lesiondet.detection.predict import Predictor
     from lesiondet.grading.rules import GradingConfig
-    from lesiondet.pipeline.screening import detect_files
+    from lesiondet.pipeline.screening import Models, detect_files
     from lesiondet.weights import default_detector
 
-    paths = collect_images(images)
-    predictor = Predictor(weights or default_detector(), device, score, trust_legacy=trust_legacy, backend=backend,
-                          **tiling)
-    grading_cfg = GradingConfig.load(grading) if (grade or report) else None
+    if engine not in ("serial", "ray"):
+        raise LesiondetError(None, f"unknown engine '{engine}'", "use serial or ray")
+    paths = collect_images(images, lists=True)
     image_model = None
     if grade and not (isinstance(grader, str) and grader.lower() == "none"):
-        from lesiondet.grading.cnn import GraderCNN
         from lesiondet.weights import default_grader
 
-        image_model = GraderCNN(grader or default_grader(), device, backend=backend)
-    out = Path(out)
-    if exist_ok or resume:
-        out.mkdir(parents=True, exist_ok=True)
+        image_model = str(grader or default_grader())
+    models = Models(str(weights or default_detector()), device, score, trust_legacy, backend,
+                    tuple(sorted(tiling.items())), image_model)
+    grading_cfg = GradingConfig.load(grading) if (grade or report) else None
+    if report and grading_cfg is None:
+        grading_cfg = GradingConfig()
+
+    def make_out() -> Path:  # only once the models have loaded: a bad checkpoint leaves no output folder
+        if exist_ok or resume:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            return Path(out)
+        return next_run_dir(Path(out).parent, Path(out).name)
+
+    if engine == "ray":
+        from lesiondet.pipeline.distributed import WorkerPool
+
+        with WorkerPool(models, grading_cfg, address, workers, threads) as pool:
+            predictor, _ = models.driver_copy().load()  # while the workers load theirs
+            pool.wait_ready()
+            run = pool.detect_files(predictor, paths, make_out(), report=report, resume=resume)
     else:
-        out = next_run_dir(out.parent, out.name)
-    run = detect_files(predictor, paths, out, grading=grading_cfg, grader=image_model, report=report, resume=resume)
-    run.out, run.classes, run.n_images = out, predictor.classes, len(paths)
+        predictor, grader_cnn = models.load(threads)
+        run = detect_files(predictor, paths, make_out(), grading=grading_cfg, grader=grader_cnn, report=report,
+                           resume=resume)
+    run.classes, run.n_images = predictor.classes, len(paths)
     return run
 
 

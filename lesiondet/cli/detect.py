@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from lesiondet.cli.common import add_tiling_args, add_trust_legacy, error, say, score, tiling_overrides
+from lesiondet.cli.common import add_tiling_args, add_trust_legacy, error, positive_int, say, score, tiling_overrides
 
 
 def add(sub) -> None:
     d = sub.add_parser("detect", help="detect lesions in images")
-    d.add_argument("images", nargs="+", help="image files or folders")
+    d.add_argument("images", nargs="+",
+                   help="image files, folders, or list files (.csv with an 'image' column, or .txt: one path per "
+                        "line; relative to the list's folder)")
     d.add_argument("--weights", help="best.pt from 'lesiondet train', or its exported .onnx "
                                       "(default: the shipped detector, docs/models.md)")
     d.add_argument("--score", type=score, default=None,
@@ -28,6 +30,13 @@ def add(sub) -> None:
     d.add_argument("--grading", help="grading thresholds YAML (defaults: grading: in lesiondet/config/defaults.yaml)")
     d.add_argument("--report", action="store_true",
                    help="also write a self-contained report.html (images, lesion tables, grades, flags)")
+    d.add_argument("--engine", choices=("serial", "ray"), default="serial",
+                   help="serial: this process; ray: a pool of Ray workers (pip install 'lesiondet[ray]'), "
+                        "same outputs; docs/cluster.md")
+    d.add_argument("--address", help="with --engine ray: an existing cluster ('auto', or ray://HOST:PORT); "
+                                     "default: a local instance on this machine's CPUs")
+    d.add_argument("--workers", type=positive_int, help="with --engine ray: workers (default: the cluster's CPUs / --threads)")
+    d.add_argument("--threads", type=positive_int, help="CPU threads per worker (default: 1 on Ray; all cores when serial)")
     add_tiling_args(d)
     add_trust_legacy(d)
     d.set_defaults(func=run)
@@ -40,8 +49,12 @@ def run(a: argparse.Namespace) -> int:
 
     r = api.detect(a.images, a.weights, score=a.score, out=a.out, exist_ok=a.exist_ok, grade=a.grade,
                    grading=a.grading, grader=a.grader, report=a.report, device=a.device,
-                   trust_legacy=a.trust_legacy, resume=a.resume, backend=a.backend, **tiling_overrides(a))
-    print(count_table(r, r.classes))
+                   trust_legacy=a.trust_legacy, resume=a.resume, backend=a.backend, engine=a.engine,
+                   address=a.address, workers=a.workers, threads=a.threads, **tiling_overrides(a))
+    if r.kept:
+        print(count_table(r, r.classes))
+    else:
+        say(f"{r.n_images} photographs: counts and grades are in {r.summary} (not printed)")
     if a.grade:
         for rec, g, final in zip(r.records, r.grades, r.finals):
             if final is None:

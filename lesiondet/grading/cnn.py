@@ -401,9 +401,10 @@ class GraderCNN:
     """
 
     def __init__(self, weights: str | Path, device: str = "auto", trust_legacy: bool = False,
-                 backend: str = "torch") -> None:
+                 backend: str = "torch", threads: int | None = None) -> None:
         """``backend``: ``"torch"``, ``"onnx"`` (the feature network on onnxruntime, from an ONNX copy
-        cached on first use) or ``"auto"`` (onnxruntime when on the CPU and installed; ``export.runtime``)."""
+        cached on first use) or ``"auto"`` (onnxruntime when on the CPU and installed; ``export.runtime``).
+        ``threads``: onnxruntime's intra-op threads (default: all cores)."""
         from lesiondet.device import resolve_device
         from lesiondet.engine.checkpoint import load_kind, load_weights
 
@@ -430,7 +431,7 @@ class GraderCNN:
         if choose_backend(backend, self.device) == "onnx":
             net = self.model
             onnx = load_or_fall_back(self.weights, "grader", lambda p: export_features(net, p),
-                                     lambda p: OnnxGraderNet(p, net), backend)
+                                     lambda p: OnnxGraderNet(p, net, threads), backend)
             if onnx is not None:
                 self.model, self.backend = onnx, "onnx"
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lesiondet import api
 from lesiondet.cli import main
-from lesiondet.pipeline.screening import SUMMARY, Worklist, summary_columns
+from lesiondet.errors import LesiondetError
+from lesiondet.pipeline.screening import SUMMARY, Worklist, check_names, summary_columns
 
 
 def _rows(out: Path) -> list[dict]:
@@ -86,3 +88,44 @@ def test_resume_refuses_a_worklist_of_another_model(tmp_path):
     (tmp_path / SUMMARY).write_text("image,status,n_XX\n")
     with pytest.raises(Exception, match="other columns"):
         Worklist(tmp_path / SUMMARY, summary_columns(["MA"]), resume=True)
+
+
+def test_a_list_file_reads_text_and_csv_relative_to_its_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("# today's photographs\nx/1.jpg\n\n/abs/2.jpg\n")
+    assert api.read_image_list(tmp_path / "a.txt") == [tmp_path / "x/1.jpg", Path("/abs/2.jpg")]
+    (tmp_path / "b.csv").write_text("patient,path\n7,x/1.jpg\n8,x/2.jpg\n")
+    assert api.read_image_list(tmp_path / "b.csv") == [tmp_path / "x/1.jpg", tmp_path / "x/2.jpg"]
+    (tmp_path / "c.csv").write_text("x/1.jpg\n")  # no header: the first column
+    assert api.read_image_list(tmp_path / "c.csv") == [tmp_path / "x/1.jpg"]
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(LesiondetError, match="empty.txt: lists no photographs"):
+        api.read_image_list(tmp_path / "empty.txt")
+
+
+def test_two_inputs_with_one_name_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(LesiondetError, match=r"b/eye.jpg: has the same name as .*a/eye.png"):
+        check_names([Path("a/eye.png"), Path("b/eye.jpg")])
+    check_names([Path("a/eye.png"), Path("a/eye.png"), Path("b/other.jpg")])  # the same file twice is fine
+
+
+def test_a_worklist_is_sorted_into_input_order_one_row_per_image(tmp_path):
+    cols = summary_columns(["MA"])
+    w = Worklist(tmp_path / SUMMARY, cols, resume=False)
+    for name in ("c.jpg", "a.jpg", "b.jpg", "a.jpg"):
+        w.add({"image": name, "status": "ok", "n_MA": 1})
+    w.close()
+    w.sort(["a.jpg", "b.jpg", "c.jpg"])
+    assert [r["image"] for r in _rows(tmp_path)] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_a_run_too_large_to_hold_keeps_its_results_on_disk_only(trained_run, tiny_sample, tmp_path, monkeypatch,
+                                                                capsys):
+    from lesiondet.pipeline import screening
+
+    monkeypatch.setattr(screening, "KEEP_MAX", 1)  # a national day's worth, in miniature
+    d = tiny_sample / "test" / "JPEGImages"
+    rc = main(["detect", str(d), "--weights", str(trained_run / "best.pt"), "--grade", "--grader", "none",
+               "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert rc == 0
+    assert "counts and grades are in" in capsys.readouterr().err
+    assert len(_rows(tmp_path / "o")) == len(list(d.iterdir())) == len(list((tmp_path / "o").glob("*.json")))
