@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from lesiondet import api
 from lesiondet.cli import main
 from lesiondet.errors import LesiondetError
 from lesiondet.pipeline.screening import SUMMARY, Worklist, check_names, summary_columns
@@ -88,18 +87,6 @@ def test_resume_refuses_a_worklist_of_another_model(tmp_path):
     (tmp_path / SUMMARY).write_text("image,status,n_XX\n")
     with pytest.raises(Exception, match="other columns"):
         Worklist(tmp_path / SUMMARY, summary_columns(["MA"]), resume=True)
-
-
-def test_a_list_file_reads_text_and_csv_relative_to_its_folder(tmp_path):
-    (tmp_path / "a.txt").write_text("# today's photographs\nx/1.jpg\n\n/abs/2.jpg\n")
-    assert api.read_image_list(tmp_path / "a.txt") == [tmp_path / "x/1.jpg", Path("/abs/2.jpg")]
-    (tmp_path / "b.csv").write_text("patient,path\n7,x/1.jpg\n8,x/2.jpg\n")
-    assert api.read_image_list(tmp_path / "b.csv") == [tmp_path / "x/1.jpg", tmp_path / "x/2.jpg"]
-    (tmp_path / "c.csv").write_text("x/1.jpg\n")  # no header: the first column
-    assert api.read_image_list(tmp_path / "c.csv") == [tmp_path / "x/1.jpg"]
-    (tmp_path / "empty.txt").write_text("\n# nothing\n")
-    with pytest.raises(LesiondetError, match="empty.txt: lists no photographs"):
-        api.read_image_list(tmp_path / "empty.txt")
 
 
 def test_two_inputs_with_one_name_are_refused_before_anything_is_written(tmp_path):
