@@ -302,8 +302,6 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     models = Models(str(weights or default_detector()), device, score, trust_legacy, backend,
                     tuple(sorted(tiling.items())), image_model)
     grading_cfg = GradingConfig.load(grading) if (grade or report) else None
-    if report and grading_cfg is None:
-        grading_cfg = GradingConfig()
 
     def make_out() -> Path:  # only once the models have loaded: a bad checkpoint leaves no output folder
         if exist_ok or resume:

@@ -180,6 +180,7 @@ def _run(ray, pool: list, prep, out: Path, chunk: int | None, show_progress: boo
     running: dict = {}  # object ref -> (actor index, chunk)
     load = [0] * len(pool)
     bar = progress(total=len(todo), desc="detect", enabled=show_progress and len(todo) > 1)
+    where = str(out.resolve())  # absolute: a worker's folder need not be the driver's
 
     def feed() -> None:
         while waiting:
@@ -187,7 +188,7 @@ def _run(ray, pool: list, prep, out: Path, chunk: int | None, show_progress: boo
             if load[k] >= QUEUED:
                 return
             part = waiting.popleft()
-            running[pool[k].screen.remote(part, str(out.resolve()))] = (k, part)
+            running[pool[k].screen.remote(part, where)] = (k, part)
             load[k] += 1
 
     try:
