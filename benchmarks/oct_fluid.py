@@ -1,10 +1,11 @@
 """OCT fluid U-Net on the shared Duke DME scans, and what helps the OCT classifier, measured.
 
     python benchmarks/oct_fluid.py segment --minutes 15      # train on 6 subjects, score the other 2
-    python benchmarks/oct_fluid.py cv --minutes 7 --name base [--config variant.yaml]   # subject-grouped CV
+    python benchmarks/oct_fluid.py cv --minutes 12 --name native-crop [--config variant.yaml]   # subject-grouped CV
     python benchmarks/oct_fluid.py ensemble --names base seed1   # two cv runs' maps averaged, against each alone
     python benchmarks/oct_fluid.py classifier                # patient-grouped CV of the OCT classifier
-    python benchmarks/oct_fluid.py ship --minutes 10         # the shipped oct.pt and fluid.pt, on all shared data
+    python benchmarks/oct_fluid.py ship --minutes 16         # the shipped oct.pt and fluid.pt, on all shared data
+    python benchmarks/oct_fluid.py ship --minutes 16 --only fluid   # ... the fluid U-Net alone
     python benchmarks/oct_fluid.py ship --only oct           # ... the classifier alone
 
 ``segment``: ``lesiondet oct segment train --data scans.csv --val-split 0.2 --time-limit M`` (the

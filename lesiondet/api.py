@@ -626,7 +626,14 @@ def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_sp
     """Train the fluid U-Net on scans and masks, split by subject (``val`` must hold other subjects)."""
     from lesiondet.config import load_section
     from lesiondet.device import resolve_device
-    from lesiondet.oct.segment import check_disjoint, read_fluid_data, read_pair, subject_split, train_segmenter
+    from lesiondet.oct.segment import (
+        check_disjoint,
+        check_recipe,
+        read_fluid_data,
+        read_pair,
+        subject_split,
+        train_segmenter,
+    )
 
     cfg = load_section("segment", config, "segmentation config", "pass a YAML with a segment: section")
     if resume:
@@ -634,6 +641,7 @@ def oct_segment_train(data: str | Path, *, val: str | Path | None = None, val_sp
         cfg = dict(ck["config"])
     if epochs:
         cfg["epochs"] = epochs
+    check_recipe(cfg)
     train_s, val_s, run_dir, decoded = _training_run(  # a bad or mismatched file fails before any run folder
         _Data("fluid U-Net", "scans", "subject", lambda s: s.subject, lambda s: "B-scans", subject_split,
               check_disjoint),

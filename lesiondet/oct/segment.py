@@ -5,7 +5,9 @@ The network is segmentation-models-pytorch's U-Net on timm's EfficientNet-Lite0
 trained on the shared engine with Dice + BCE (fluid is a few percent of a scan's
 pixels, so plain cross-entropy would learn to predict none). Augmentation fits
 OCT: horizontal flips, small shifts and scales, intensity and contrast, and
-multiplicative speckle-like noise.
+multiplicative speckle-like noise. Scans are read at about their own resolution
+(768x512) and trained on random windows of it, since small cysts vanish when a
+whole scan is shrunk to what a training step can afford.
 
 Data is a folder with ``images/`` and ``masks/`` matched by file name, or a CSV
 ``image,mask[,subject]`` (paths relative to it). Masks are 8-bit images where
@@ -139,11 +141,15 @@ def stretch(img: np.ndarray, **_: Any) -> np.ndarray:
     return np.clip((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
 
 
-def transforms(width: int, height: int, train: bool, augment: str = "standard", normalise: str = "none"
-               ) -> A.Compose:
+def transforms(width: int, height: int, train: bool, augment: str = "standard", normalise: str = "none",
+               crop: tuple[int, int] = (0, 0)) -> A.Compose:
     """Resize and normalise; for training also flips, shifts, intensity and speckle.
 
     ``normalise="percentile"`` first stretches each scan's own intensity range (``stretch``).
+
+    ``crop`` (width, height), when set, trains on random windows of the resized scan: the network
+    sees the scan at ``width`` x ``height`` detail for the cost of the window, and predicts on the
+    whole scan (a U-Net is convolutional, so the size it runs at is free).
 
     ``strong`` widens them to what differs between devices and patients: gamma, blur, a larger
     scale range and vertical shift (the retina sits at different depths), stronger speckle.
@@ -152,11 +158,21 @@ def transforms(width: int, height: int, train: bool, augment: str = "standard", 
         raise LesiondetError(None, f"unknown segment augment '{augment}'", f"use one of {', '.join(AUGMENTS)}")
     if normalise not in NORMALISE:
         raise LesiondetError(None, f"unknown segment normalise '{normalise}'", f"use one of {', '.join(NORMALISE)}")
+    cw, ch = (int(v) for v in crop)
+    if cw < 0 or ch < 0 or bool(cw) != bool(ch) or cw % 32 or ch % 32:
+        raise LesiondetError(None, f"segment crop {cw}x{ch} is not a window the U-Net can take",
+                             "set crop_width and crop_height to positive multiples of 32, or both to 0")
+    # a window as large as the input is the input: a smaller width/height needs no crop setting of its own
+    cw, ch = min(cw, width), min(ch, height)
+    if (cw, ch) == (width, height):
+        cw = ch = 0
     norm = A.Normalize(mean=MEAN, std=STD)
     resize = A.Compose([A.Lambda(image=stretch), A.Resize(height, width)] if normalise == "percentile"
                        else [A.Resize(height, width)])
     if not train:
         return A.Compose([resize, norm])
+    if cw:  # the window is cut after the resize, so every other step sees full-detail pixels
+        resize = A.Compose([resize, A.RandomCrop(ch, cw)])
     if augment == "standard":
         return A.Compose([
             resize,
@@ -178,6 +194,14 @@ def transforms(width: int, height: int, train: bool, augment: str = "standard", 
         A.MultiplicativeNoise(multiplier=(0.6, 1.4), per_channel=False, elementwise=True, p=0.6),  # speckle
         norm,
     ])
+
+
+def check_recipe(cfg: Mapping[str, Any]) -> None:
+    """The recipe's words and sizes, checked before a run folder exists (each a one-line error)."""
+    cfg = {**DEFAULT_SEGMENT, **cfg}  # a checkpoint from before a key was added resumes with its default
+    segment_loss(str(cfg["loss"]))
+    transforms(int(cfg["width"]), int(cfg["height"]), True, str(cfg["augment"]), str(cfg["normalise"]),
+               (int(cfg["crop_width"]), int(cfg["crop_height"])))
 
 
 class FluidDataset(Dataset):
@@ -298,7 +322,8 @@ class SegmentTask:
         w, h = int(cfg["width"]), int(cfg["height"])
         self.loss_fn = segment_loss(str(cfg["loss"]))
         norm = str(cfg["normalise"])
-        self.dataset = FluidDataset(train, transforms(w, h, True, str(cfg["augment"]), norm), decoded)
+        crop = (int(cfg["crop_width"]), int(cfg["crop_height"]))
+        self.dataset = FluidDataset(train, transforms(w, h, True, str(cfg["augment"]), norm, crop), decoded)
         self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False, normalise=norm), decoded),
                               batch_size=int(cfg["batch"]))
 

@@ -125,6 +125,19 @@ def test_train_and_eval_refuse_bad_pairs_before_writing_anything(case, tmp_path,
     assert not j.exists() and not (tmp_path / "ev").exists()
 
 
+@pytest.mark.parametrize("recipe, message", [("crop_width: 100\n  crop_height: 64", "crop_width and crop_height"),
+                                             ("augment: wild", "unknown segment augment"),
+                                             ("loss: lovasz", "unknown segment loss")])
+def test_a_recipe_it_cannot_train_is_refused_before_a_run_folder(recipe, message, tmp_path, capsys):
+    d, _ = scan_folder(tmp_path, "none")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"segment:\n  {recipe}\n")
+    out = tmp_path / "runs" / "seg"
+    rc = main(["oct", "segment", "train", "--data", str(d), "--config", str(cfg), "--out", str(out)])
+    expect_one_line_error(capsys, rc, message)
+    assert not out.exists()
+
+
 def test_predict_skips_a_bad_scan_and_names_it(tmp_path, capsys, seg_run):
     d = tmp_path / "imgs"
     d.mkdir()

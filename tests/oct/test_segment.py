@@ -193,6 +193,51 @@ def test_strong_augmentation_keeps_scan_and_mask_aligned_and_sized():
         assert t["image"][inside].mean() > t["image"][~inside].mean() + 1
 
 
+def test_crop_training_sees_full_detail_windows_and_validation_sees_the_whole_scan():
+    from lesiondet.oct.segment import transforms
+
+    img = np.zeros((96, 128, 3), np.uint8)
+    mask = np.zeros((96, 128), np.uint8)
+    train = transforms(128, 96, True, crop=(64, 32))
+    val = transforms(128, 96, False, crop=(64, 32))
+    t = train(image=img, mask=mask)
+    assert t["image"].shape == (32, 64, 3) and t["mask"].shape == (32, 64)
+    assert val(image=img, mask=mask)["image"].shape == (96, 128, 3)
+
+
+def test_a_crop_keeps_the_pixels_at_full_detail():
+    """One-pixel stripes survive a window of the resized scan; they would blur away in a 2x downscale."""
+    from lesiondet.oct.segment import transforms
+
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[::2] = 255
+    window = transforms(128, 96, True, augment="standard", crop=(64, 32))
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    small = transforms(64, 48, False)(image=img)["image"][..., 0]
+    assert small.std() < 0.5  # the downscale averages the stripes to one grey
+    rows = [window(image=img, mask=np.zeros((96, 128), np.uint8))["image"][..., 0] for _ in range(8)]
+    assert max(np.abs(np.diff(r[:, 32])).max() for r in rows) > 2  # a window keeps them
+
+
+def test_a_crop_as_large_as_the_input_or_larger_trains_on_the_whole_scan():
+    from lesiondet.oct.segment import transforms
+
+    img, mask = np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8)
+    assert transforms(128, 96, True, crop=(512, 320))(image=img, mask=mask)["image"].shape == (96, 128, 3)
+    assert transforms(128, 96, True, crop=(512, 64))(image=img, mask=mask)["image"].shape == (64, 128, 3)
+
+
+@pytest.mark.parametrize("crop", [(64, 0), (48, 32), (-32, 32)])
+def test_a_crop_the_unet_cannot_take_is_one_error(crop):
+    from lesiondet.oct.segment import transforms
+
+    with pytest.raises(LesiondetError, match="crop_width and crop_height"):
+        transforms(128, 96, True, crop=crop)
+
+
 def _fluid_checkpoint(path, config):
     from lesiondet.engine.checkpoint import save_checkpoint
     from lesiondet.oct.segment import SEG_FORMAT, build_unet
