@@ -196,12 +196,17 @@ def transforms(width: int, height: int, train: bool, augment: str = "standard", 
     ])
 
 
+def train_transforms(cfg: Mapping[str, Any]) -> A.Compose:
+    """The training transforms a segment config asks for."""
+    return transforms(int(cfg["width"]), int(cfg["height"]), True, str(cfg["augment"]), str(cfg["normalise"]),
+                      (int(cfg["crop_width"]), int(cfg["crop_height"])))
+
+
 def check_recipe(cfg: Mapping[str, Any]) -> None:
     """The recipe's words and sizes, checked before a run folder exists (each a one-line error)."""
     cfg = {**DEFAULT_SEGMENT, **cfg}  # a checkpoint from before a key was added resumes with its default
     segment_loss(str(cfg["loss"]))
-    transforms(int(cfg["width"]), int(cfg["height"]), True, str(cfg["augment"]), str(cfg["normalise"]),
-               (int(cfg["crop_width"]), int(cfg["crop_height"])))
+    train_transforms(cfg)
 
 
 class FluidDataset(Dataset):
@@ -322,8 +327,7 @@ class SegmentTask:
         w, h = int(cfg["width"]), int(cfg["height"])
         self.loss_fn = segment_loss(str(cfg["loss"]))
         norm = str(cfg["normalise"])
-        crop = (int(cfg["crop_width"]), int(cfg["crop_height"]))
-        self.dataset = FluidDataset(train, transforms(w, h, True, str(cfg["augment"]), norm, crop), decoded)
+        self.dataset = FluidDataset(train, train_transforms(cfg), decoded)
         self.val = DataLoader(FluidDataset(val or train, transforms(w, h, False, normalise=norm), decoded),
                               batch_size=int(cfg["batch"]))
 
