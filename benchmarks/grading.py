@@ -132,6 +132,22 @@ def embeddings(cnn: Path, items, sizes: list[int], tta: bool = True) -> np.ndarr
                            tta)
 
 
+def view_embeddings(cnn: Path, items, sizes: list[int], k: int, seed: int, tta: bool = True) -> np.ndarray | None:
+    """``[n, k, d]`` features of each photograph's ``k`` camera-shifted views (``camera.CameraShift``), in the
+    caches ``grader fit --features-cache`` reads (``features.view<c>.npz``), or None when ``k`` is 0."""
+    from lesiondet.grading.cnn import GraderCNN, embed_photographs
+    from lesiondet.grading.readout import cached_features
+
+    if not k:
+        return None
+    paths = [i.path for i in items]
+    g = GraderCNN(cnn, "cpu", backend="auto")
+    return np.stack([cached_features(features_cache(tta).with_suffix(f".view{c}.npz"), cnn, paths, sizes, False,
+                                     lambda c=c: embed_photographs(g, paths, sizes, progress=True, tta=tta, view=c,
+                                                                   seed=seed),
+                                     tta, {"view": c, "seed": seed}) for c in range(k)], 1)
+
+
 def features_cache(tta: bool) -> Path:
     return RUN / ("features.npz" if tta else "features_no_mirrors.npz")
 
@@ -152,6 +168,7 @@ def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes
     sizes = [int(s) for s in cfg["readout_sizes"]]
     tta = bool(cfg["readout_mirrors"])
     E = embeddings(cnn, items, sizes, tta)
+    V = view_embeddings(cnn, items, sizes, int(cfg["readout_views"]), int(cfg["seed"]), tta)
     names = ["rules", "ordinal", "cnn", "cnn+lesions"] + (["finetuned"] if finetune_minutes else [])
     oof: dict[str, list] = {n: [None] * len(items) for n in names}
     for f, (tr, te) in enumerate(group_folds([i.patient for i in items], [i.grade for i in items], k, 0)):
@@ -168,7 +185,8 @@ def cross_validate(dets: dict[str, dict], cnn: Path, cfg: dict, finetune_minutes
         # the readout: fitted (and its cut points tuned, out of fold) on the training folds only
         tr_items = [items[i] for i in tr]
         readout, _ = fit_readout(E[tr], X[tr], [i.grade for i in tr_items], [i.referable for i in tr_items],
-                                 [i.maculopathy for i in tr_items], [i.patient for i in tr_items], sizes, cfg, tta)
+                                 [i.maculopathy for i in tr_items], [i.patient for i in tr_items], sizes, cfg, tta,
+                                 None if V is None else V[tr])
         for name, L in (("cnn", None), ("cnn+lesions", X[te])):
             d = readout.predict(E[te], L)
             for j, i in enumerate(te):

@@ -772,6 +772,8 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     ``.npz`` that keeps the network's features between fits (refitting on a new detector's lesions
     reads the photographs once); it is reused only for the same network, photographs and sizes.
     """
+    import numpy as np
+
     from lesiondet.config import load_section
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
     from lesiondet.fileio import write_json
@@ -790,19 +792,31 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     log(f"grader fit: features of {len(items)} photographs from {len({i.patient for i in items})} patients at "
         f"{', '.join(map(str, sizes))} px" + (" and their mirrors" if tta else "")
         + (", with the lesion evidence" if L is not None else ""))
-    E = cached_features(features_cache, weights, [i.path for i in items], sizes, preprocessed,
-                         lambda: embed_photographs(g, [i.path for i in items], sizes, preprocessed, progress=True,
-                                                   tta=tta), tta)
+    paths = [i.path for i in items]
+    E = cached_features(features_cache, weights, paths, sizes, preprocessed,
+                         lambda: embed_photographs(g, paths, sizes, preprocessed, progress=True, tta=tta), tta)
+    # camera-shifted copies of raw photographs (a source-processed set is one camera's already)
+    k = 0 if preprocessed else int(cfg["readout_views"])
+    if k:
+        log(f"grader fit: {k} camera-shifted views of each photograph (smaller fields of view, JPEG, crops, colour)")
+    views = [cached_features(None if features_cache is None else Path(features_cache).with_suffix(f".view{c}.npz"),
+                             weights, paths, sizes, preprocessed,
+                             lambda c=c: embed_photographs(g, paths, sizes, preprocessed, progress=True, tta=tta,
+                                                           view=c, seed=int(cfg["seed"])),
+                             tta, {"view": c, "seed": int(cfg["seed"])}) for c in range(k)]
     readout, oof = fit_readout(E, L, [i.grade for i in items], [i.referable for i in items],
-                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg, tta)
+                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg, tta,
+                               np.stack(views, 1) if views else None)
     y = [i.grade for i in items]
     report: dict[str, Any] = {"n": len(items), "patients": len({i.patient for i in items}), "sizes": sizes,
-                              "mirrors": tta, "lesions": L is not None, "out_of_fold": {}}
+                              "mirrors": tta, "lesions": L is not None, "views": k, "out_of_fold": {}}
     for v, o in oof.items():
+        many = len(o["grade"]) // len(items)  # the views' rows: each photograph's copies in turn
+        rep = (lambda a, many=many: [x for x in a for _ in range(many)])
         report["out_of_fold"][v] = grading_metrics(
-            y, o["grade"], referable_true=[i.referable for i in items], referable_called=o["referable"],
-            referable_score=o["p_referable"], maculopathy_true=[i.maculopathy for i in items],
-            maculopathy_score=o["p_maculopathy"], patients=[i.patient for i in items])
+            rep(y), o["grade"], referable_true=rep([i.referable for i in items]), referable_called=o["referable"],
+            referable_score=o["p_referable"], maculopathy_true=rep([i.maculopathy for i in items]),
+            maculopathy_score=o["p_maculopathy"], patients=rep([i.patient for i in items]))
     report["cuts"], report["referable_thresholds"] = readout.cuts, readout.thresholds
     report["fusion"] = readout.fusion  # the CNN block's share of each fused output (stacked readouts)
     run_dir = next_run_dir(Path(out).parent, Path(out).name)
@@ -857,10 +871,11 @@ def grader_evaluate(data: str | Path, weights: str | Path | None = None, *, json
 
 def grader_predict(images: Sequence[str | Path], weights: str | Path | None = None, *,
                    json: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
-    """Grade, probabilities, referability and imageability per photograph; ungradable ones get no grade."""
+    """Grade, probabilities, referability and imageability per photograph; ``status`` is ``graded``,
+    ``ungradable`` (no grade) or ``unfamiliar`` (no grade, referred: outside what the model has seen)."""
     from lesiondet.fileio import write_json
     from lesiondet.grading.cnn import GraderCNN
-    from lesiondet.grading.fundus import assess_quality
+    from lesiondet.grading.combined import UNFAMILIAR, image_model_call
     from lesiondet.images import read_rgb
     from lesiondet.weights import default_grader
 
@@ -868,14 +883,15 @@ def grader_predict(images: Sequence[str | Path], weights: str | Path | None = No
     g = GraderCNN(weights or default_grader(), device)
     docs, failures = [], []
     for p, img in _readable(paths, read_rgb, failures):
-        q = assess_quality(img)
+        q, r, _ = image_model_call(g, img)
         doc: dict[str, Any] = {"image": str(p), "gradable": q.gradable, "quality": q.to_dict()}
-        if q.gradable:
-            r = g.predict_images([g.prepare_array(img)])[0]
-            r.pop("embedding")
-            doc.update(r)
+        if r is None:
+            doc.update(status="ungradable", grade=None, referable=None)
+        elif not r.get("familiar", True):
+            doc.update(r, status="unfamiliar", provisional_grade=r["grade"], grade=None, referable=True,
+                       reasons=[UNFAMILIAR])
         else:
-            doc.update(grade=None, referable=None)
+            doc.update(r, status="graded")
         docs.append(doc)
     if json:
         write_json(json, docs if len(paths) > 1 else (docs[0] if docs else []))

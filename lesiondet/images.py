@@ -122,18 +122,68 @@ def shrink(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 
 def fov_diameter(img: np.ndarray, max_side: int = 256) -> float:
-    """Diameter of the field of view in ``img``'s pixels: the longer side of its mask's bounding box.
+    """Diameter of the field of view in ``img``'s pixels (``fov_circle``'s)."""
+    return fov_circle(img, max_side)[2]
+
+
+def fov_circle(img: np.ndarray, max_side: int = 256) -> tuple[float, float, float]:
+    """Centre ``(x, y)`` and diameter of the field of view in ``img``'s pixels.
 
     Cameras crop the illuminated disc top and bottom (or, rarer, left and right), so the longer
-    extent is the diameter. Read on a ``max_side`` copy: a few pixels of error at 256 px are well
-    under 1% of the diameter. A photograph without a dark border counts as all field of view.
+    extent of the mask is the diameter. A photograph cropped on both axes (a square cut from a
+    wider one, a telemedicine thumbnail) has no full extent left: there the circle through the
+    visible rim (least squares on the mask's edge away from the frame) gives the diameter, so the
+    same eye is read at the same scale however it was cropped. Read on a ``max_side`` copy: a few
+    pixels of error at 256 px are well under 1% of the diameter. A photograph without a dark border
+    counts as all field of view.
     """
     small, s = shrink(img, max_side)
     mask = fov_mask(small)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
-        return float(max(img.shape[:2]))
-    return float(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)) / s
+        h, w = img.shape[:2]
+        return w / 2, h / 2, float(max(h, w))
+    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+    extent = float(max(x1 - x0, y1 - y0))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    fit = _rim_circle(mask)
+    # The fit only replaces the extent when the mask is clipped on both axes and the rim says the
+    # disc is wider: a whole or top-and-bottom-cropped disc keeps the plain extent (no fitting noise).
+    h, w = mask.shape
+    clipped_both = (y0 <= 1 or y1 >= h - 1) and (x0 <= 1 or x1 >= w - 1)
+    if fit is not None and clipped_both and extent * 1.03 < fit[2] <= extent * MAX_RIM_FIT:
+        cx, cy, extent = fit
+    return cx / s, cy / s, extent / s
+
+
+#: the widest disc the rim fit may report, as a multiple of the mask's longer extent (a square crop of a
+#: 4:3 photograph's disc is about 1.2; beyond 1.6 only the corners would be field of view)
+MAX_RIM_FIT = 1.6
+
+
+def _rim_circle(mask: np.ndarray) -> tuple[float, float, float] | None:
+    """Least-squares circle (Kasa) through the mask's edge pixels that are not on the frame; None when
+    too little rim is visible or it is not round."""
+    import cv2
+
+    m = mask.astype(np.uint8)
+    edge = m & ~cv2.erode(m, np.ones((3, 3), np.uint8))
+    edge[:2], edge[-2:], edge[:, :2], edge[:, -2:] = 0, 0, 0, 0
+    ys, xs = np.nonzero(edge)
+    if len(xs) < 30:
+        return None
+    x, y = xs.astype(np.float64), ys.astype(np.float64)
+    A = np.column_stack([x, y, np.ones_like(x)])
+    (a, b, c), *_ = np.linalg.lstsq(A, x * x + y * y, rcond=None)
+    cx, cy = a / 2, b / 2
+    r2 = c + cx * cx + cy * cy
+    if r2 <= 0:
+        return None
+    r = float(np.sqrt(r2))
+    resid = np.abs(np.hypot(x - cx, y - cy) - r)
+    if np.median(resid) > 0.02 * r:  # not a circle (a frame edge, a notch): keep the extent
+        return None
+    return float(cx), float(cy), 2 * r
 
 
 def read_thumbnail(path: str | Path, max_side: int = 256) -> tuple[np.ndarray, float]:

@@ -15,7 +15,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "lesiondet"
 TASKS = ("detection", "grading", "oct")
 ABOVE = ("pipeline", "api", "cli")
-FLOORS = ("config", "export", "io", "images", "fileio", "nn", "engine", "reporting",
+FLOORS = ("config", "export", "io", "images", "camera", "fileio", "nn", "engine", "reporting",
           "errors", "device", "progress", "weights", "synth")
 
 

@@ -116,6 +116,8 @@ def run_predict(a: argparse.Namespace) -> int:
         name = Path(d["image"]).name
         if not d["gradable"]:
             print(f"{name}: ungradable ({'; '.join(d['quality']['reasons'])})")
+        elif d["status"] == "unfamiliar":
+            print(f"{name}: unfamiliar, {d['reasons'][0]} (referred; provisional grade {d['provisional_grade']})")
         else:
             print(f"{name}: grade {d['grade']}  referable {'yes' if d['referable'] else 'no'}  "
                   f"p(referable) {d['p_referable']:.3f}  p(maculopathy) {d['p_maculopathy']:.3f}")

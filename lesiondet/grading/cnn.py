@@ -502,6 +502,8 @@ class GraderCNN:
                  "probabilities": [round(float(v), 4) for v in d["probabilities"][i]],
                  "p_maculopathy": round(float(d["p_maculopathy"][i]), 4),
                  "p_referable": round(float(d["p_referable"][i]), 4), "referable": bool(d["referable"][i]),
+                 "raw_score": round(float(d["raw_score"][i]), 4), "familiar": bool(d["familiar"][i]),
+                 "novelty": round(float(d["novelty"][i]), 3), "in_range": bool(d["in_range"][i]),
                  "source": d["variant"], "embedding": E[i]} for i in range(len(E))]
 
     def predict(self, paths: Sequence[str | Path], tta: bool | None = None,
@@ -553,17 +555,27 @@ class OnnxGraderNet:
 
 
 def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[int], preprocessed: bool = False,
-                      chunk: int = 32, progress: bool = False, tta: bool = True) -> np.ndarray:
+                      chunk: int = 32, progress: bool = False, tta: bool = True, view: int | None = None,
+                      seed: int = 0) -> np.ndarray:
     """Multi-scale features (``GraderCNN.embed``) of photographs on disk, a chunk at a time (memory stays flat).
 
     ``preprocessed`` describes these photographs, not the network: one pre-trained on the
-    source-processed APTOS copy still needs Ben Graham's preprocessing of raw photographs."""
+    source-processed APTOS copy still needs Ben Graham's preprocessing of raw photographs.
+    ``view``: read the ``view``-th camera-shifted copy of each photograph instead (``camera.CameraShift``,
+    drawn from ``(seed, view, index)``, so the same copy every time)."""
+    from lesiondet.camera import CameraShift
     from lesiondet.progress import progress as bar
 
     top = max(sizes)
+    shift = CameraShift()
     parts = []
     starts = range(0, len(paths), chunk)
-    for s in bar(list(starts), desc="features", enabled=progress and len(paths) > chunk):
-        imgs = [load_input(p, top, preprocessed) for p in paths[s:s + chunk]]
+    desc = "features" if view is None else f"features, camera view {view + 1}"
+    for s in bar(list(starts), desc=desc, enabled=progress and len(paths) > chunk):
+        if view is None:
+            imgs = [load_input(p, top, preprocessed) for p in paths[s:s + chunk]]
+        else:
+            imgs = [to_input(shift(read_rgb(p), np.random.default_rng([seed, view, s + j])), top, preprocessed)
+                    for j, p in enumerate(paths[s:s + chunk])]
         parts.append(grader.embed(imgs, sizes, tta=tta))
     return np.vstack(parts) if parts else np.zeros((0, 0))

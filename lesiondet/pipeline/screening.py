@@ -27,6 +27,7 @@ from typing import Any
 from lesiondet.detection.predict import Predictor
 from lesiondet.errors import LesiondetError
 from lesiondet.fileio import atomic_path, write_json, write_text
+from lesiondet.grading.combined import grade_photograph
 from lesiondet.grading.rules import Grade, GradingConfig, grade
 from lesiondet.io.voc import VocObject, VocRecord, write_voc
 from lesiondet.progress import progress
@@ -95,7 +96,7 @@ class Models:
 def summary_columns(classes: Sequence[str]) -> list[str]:
     """The worklist's columns (documented in the README)."""
     return ["image", "status", "error", "grade", "grade_name", "referable", "p_referable", "grade_source",
-            "rule_grade", *[f"n_{c}" for c in classes]]
+            "review", "rule_grade", *[f"n_{c}" for c in classes]]
 
 
 def summary_row(image: str, classes: Sequence[str], doc: dict | None = None, error: str = "") -> dict[str, Any]:
@@ -104,7 +105,10 @@ def summary_row(image: str, classes: Sequence[str], doc: dict | None = None, err
     if doc is None:
         return row
     g = doc.get("grade") or {}
-    if g and g.get("grade") is None:
+    if g and g.get("status") == "unfamiliar":
+        row["status"] = "unfamiliar"  # outside what the model has seen: referred, with the reasons
+        row["error"] = "; ".join(g.get("reasons", [])[:2])
+    elif g and g.get("grade") is None:
         row["status"] = "ungradable"
         row["error"] = "; ".join(g.get("quality", {}).get("reasons", []))
     probs = g.get("model_probabilities") or {}
@@ -115,6 +119,7 @@ def summary_row(image: str, classes: Sequence[str], doc: dict | None = None, err
                referable="" if referable is None else int(bool(referable)),
                p_referable="" if "p_referable" not in probs else round(float(probs["p_referable"]), 4),
                grade_source=g.get("grade_source", "rules" if g else ""),
+               review="" if "review" not in g else int(bool(g["review"])),
                rule_grade=(g.get("rule_grade") or {}).get("grade", g.get("grade", "")))
     counts = doc.get("counts", {})
     row.update({f"n_{c}": counts.get(c, 0) for c in classes})
@@ -234,7 +239,7 @@ def screen_paths(predictor: Predictor, paths: Sequence[str | Path], out: Path, *
                     g = grade(rec, config=grading, fov_area_px=float(fov_mask(img).sum()))
                     doc["grade"] = g.to_dict()
                     if grader is not None:
-                        doc["grade"] = final = grade_photograph(grader, img, g, grading)
+                        doc["grade"] = final = grade_photograph(grader, img, g, grading.merged_as_he)
                 pending.append(pool.submit(save, Screened(path, doc, None, rec, g, final), img))
             # A bounded queue: at most a few decoded images wait for the writer.
             while len(pending) > 2:
@@ -395,21 +400,6 @@ def operating_point_text(op) -> str:
     return f"{per}; other classes {op.default:.2f} ({op.purpose})" if per else f"{op.default:.2f} ({op.purpose})"
 
 
-def grade_photograph(grader, img, rule: Grade, grading: GradingConfig) -> dict:
-    """Imageability, then the grading CNN, then the combined grade object (``grading.combined``)."""
-    from lesiondet.grading.combined import final_grade
-    from lesiondet.grading.fundus import assess_quality
-    from lesiondet.grading.learned import features
-
-    q = assess_quality(img)
-    cnn = None
-    if q.gradable:
-        lesions = features(rule, grading.merged_as_he)[None] if grader.uses_lesions else None
-        cnn = grader.predict_images([grader.prepare_array(img)], lesions=lesions)[0]
-        cnn.pop("embedding")
-    return final_grade(rule, cnn, q)
-
-
 def count_table(run: DetectRun, classes: Sequence[str]) -> str:
     """One row per image: counts per class, and the grade when graded."""
     rows = [f"{'image':<28}" + "".join(f"{c:>7}" for c in classes)]
@@ -418,7 +408,8 @@ def count_table(run: DetectRun, classes: Sequence[str]) -> str:
         n = Counter(o.label for o in rec.objects if o.counted is not False)
         row = f"{rec.image_path.name[:27]:<28}" + "".join(f"{n.get(c, 0):>7}" for c in classes)
         if final is not None:
-            row += ("  ungradable" if final["grade"] is None else
+            row += ("  unfamiliar: read the photograph (referred)" if final.get("status") == "unfamiliar" else
+                    "  ungradable" if final["grade"] is None else
                     f"  grade {final['grade']} ({final['grade_name']}, {final['grade_source']})"
                     + ("  referable" if final["referable"] else ""))
         elif g is not None:

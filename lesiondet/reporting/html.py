@@ -90,7 +90,9 @@ def jpeg_data_uri(rgb: np.ndarray, max_side: int, quality: int = 85) -> str:
 def flags_for(record: VocRecord, g: Grade | None, final: dict[str, Any] | None = None) -> list[str]:
     """What a reader should look at before trusting the grade."""
     flags = []
-    if final is not None and final["grade"] is None:
+    if final is not None and final.get("status") == "unfamiliar":
+        flags.append("Unfamiliar: outside what the model has seen; referred for a grader to read.")
+    elif final is not None and final["grade"] is None:
         flags.append("Ungradable: " + "; ".join(final["quality"]["reasons"]) + ".")
     elif final is not None and final.get("referable"):
         flags.append(f"Referable: grade {final['grade']} ({final['grade_name']}) or maculopathy suspected.")
@@ -116,6 +118,9 @@ def final_grade_html(final: dict[str, Any]) -> str:
     """The combined answer (``grading.combined.final_grade``): grade or "ungradable", where it came from."""
     if final["grade"] is None:
         reasons = "".join(f"<li>{_e(r)}</li>" for r in final["reasons"])
+        if final.get("status") == "unfamiliar":
+            return (f"<p class='grade unfamiliar'><b>Unfamiliar photograph</b> · <b>referred</b></p>"
+                    f"<p class=meta>from: the familiarity check</p><ul class=reasons>{reasons}</ul>")
         return f"<p class='grade'><b>Ungradable</b></p><ul class=reasons>{reasons}</ul>"
     ref = {True: "referable", False: "not referable", None: ""}[final.get("referable")]
     reasons = "".join(f"<li>{_e(r)}</li>" for r in final["reasons"])

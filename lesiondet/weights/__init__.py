@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
     "detector.pt": "28dea368cb271b6b1c3efdfee2ae5d40d5722b77681ed00861550412e2fe73cd",
-    "grader.pt": "047fa45d84b630b3ccb1f78e116e47c5966bfe5814c3b70e3fd387e10acd0c5c",
+    "grader.pt": "aba4c7e16105f69f995d892c567e9ca2a6e91c48a5e1089a15c97233739a5e20",
     "oct.pt": "9137787d9e2bc8b4a10063439fae4be5c7d30f4ba12a0200a453dccc40d8ed79",
     "fluid.pt": "d84ff66c2dcfbcdaca1769a464099c3e70153f22a0d5cc462c2ba85b759140f5",
 }

@@ -138,7 +138,7 @@ def test_an_empty_folder_and_a_wrong_model_file_are_one_line(tmp_path, capsys, t
 
 
 # ----------------------------------------------------------------------------- grader fit (the grade readout)
-FIT_FAST = "grader:\n  batch: 8\n  readout_sizes: [64, 96]\n  readout_folds: 3\n"
+FIT_FAST = "grader:\n  batch: 8\n  readout_sizes: [64, 96]\n  readout_folds: 3\n  readout_views: 1\n"
 
 
 def lesion_results(srahim_subset: Path, folder: Path) -> Path:
@@ -162,13 +162,21 @@ def fitted(grader_run, srahim_subset, tmp_path_factory) -> Path:
     return out
 
 
+def ck_views(fitted):
+    from lesiondet.engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(fitted / "grader.pt")["readout"]["views"]
+
+
 def test_fit_writes_a_grader_with_its_readout_and_out_of_fold_figures(fitted, srahim_subset):
     from lesiondet.engine.checkpoint import load_checkpoint
 
     for name in ("grader.pt", "fit.json", "grade_confusion.png"):
         assert (fitted / name).is_file(), name
     report = json.loads((fitted / "fit.json").read_text())
-    assert set(report["out_of_fold"]) == {"cnn", "cnn+lesions"}
+    # the CNN block's figures on the photographs' camera-shifted views too (``grader.readout_views``)
+    assert set(report["out_of_fold"]) == {"cnn", "cnn+lesions", "cnn@views"}
+    assert ck_views(fitted) == 1
     assert report["n"] == len(list(csv.DictReader(open(srahim_subset)))) and report["sizes"] == [64, 96]
     for m in report["out_of_fold"].values():
         assert EVAL_KEYS <= set(m) and -1 <= m["qwk"] <= 1

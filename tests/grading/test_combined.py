@@ -50,3 +50,57 @@ def test_the_rule_grade_comes_back_from_a_combined_json_object():
     d = final_grade(r, cnn(0), Quality(True))
     again = Grade.from_dict(d)
     assert again.grade == r.grade == 2 and again.reasons == r.reasons and again.counts == r.counts
+
+
+def test_a_photograph_unlike_the_training_ones_gets_no_grade_is_referred_and_says_why():
+    from lesiondet.grading.combined import UNFAMILIAR
+
+    c = {**cnn(4, 4.0, 1.0), "familiar": False, "novelty": 3.2, "in_range": False, "raw_score": 16.4}
+    d = final_grade(rule(0), c, Quality(True))
+    assert d["status"] == "unfamiliar" and d["grade"] is None and d["grade_source"] == "unfamiliar"
+    assert d["referable"] is True, "a screening programme refers what the model cannot read"
+    assert d["reasons"][0] == UNFAMILIAR
+    assert any("16.4" in r for r in d["reasons"]) and any("3.2 times" in r for r in d["reasons"])
+    assert d["model_probabilities"]["provisional"] is True and d["model_probabilities"]["cnn_grade"] == 4
+
+
+def test_a_familiar_photograph_is_graded_and_its_status_says_so():
+    d = final_grade(rule(0), {**cnn(1, 1.1, 0.2), "familiar": True}, Quality(True))
+    assert d["status"] == "graded" and d["grade"] == 1
+
+
+def test_on_a_field_of_view_too_small_for_the_detector_the_lesions_neither_grade_nor_disagree():
+    q = Quality(True, measures={"fov_px": 400.0})
+    d = final_grade(rule(30), cnn(0), q, lesions_assessable=False)
+    assert d["grade"] == 0 and "disagreement" not in d["rule_grade"]
+    assert d["rule_grade"]["assessable"] is False
+    assert any("400-px field of view" in r for r in d["reasons"])
+
+
+class _Grader:
+    """A stand-in GraderCNN: records whether it was given lesion evidence."""
+
+    cfg = {"lesion_min_fov": 700}
+    uses_lesions = True
+
+    def __init__(self):
+        self.seen = []
+
+    def prepare_array(self, img):
+        return img
+
+    def predict_images(self, images, lesions=None):
+        self.seen.append(lesions is not None)
+        return [{**cnn(1, 1.0, 0.2), "embedding": None, "source": "cnn" if lesions is None else "cnn+lesions"}]
+
+
+def test_the_lesion_evidence_is_weighed_only_on_a_field_of_view_the_detector_resolves():
+    from lesiondet.grading.combined import grade_photograph
+    from tests.grading.test_fundus import fundus
+
+    g = _Grader()
+    big = grade_photograph(g, fundus((1200, 900)), rule(3))
+    small = grade_photograph(g, fundus((500, 375)), rule(3))
+    assert g.seen == [True, False]
+    assert big["grade_source"] == "cnn+lesions" and small["grade_source"] == "cnn"
+    assert small["rule_grade"]["assessable"] is False

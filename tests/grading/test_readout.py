@@ -177,6 +177,69 @@ def test_a_stacked_readout_keeps_its_weights_and_older_ones_average_their_blocks
     assert again.fusion == readout.fusion
     older = Readout.from_dict({k: v for k, v in readout.to_dict().items() if k != "fusion"})
     a, b = readout.blocks["cnn"].outputs(E), readout.blocks["lesions"].outputs(L)
-    assert np.allclose(older.predict(E, L)["score"], (a["score"] + b["score"]) / 2)
+    assert np.allclose(older.predict(E, L)["raw_score"], (a["score"] + b["score"]) / 2)
     mean, _ = fit(E, L, y, ref, mac, pat, {**CFG, "readout_fusion": "mean"})
     assert mean.fusion == {}
+
+
+# ---------------------------------------------------------------- other cameras: views and familiarity
+FAMILIAR = {**CFG, "familiar_components": 8, "familiar_quantile": 0.995, "familiar_margin": 1.5, "score_margin": 0.75}
+
+
+def shifted(E, seed=1, strength=3.0):
+    """What a smaller, compressed photograph does to the features: the fine-detail ones (10-19) lose what they
+    carried and take on the compression's own pattern."""
+    rng = np.random.default_rng(seed)
+    out = E.copy()
+    out[:, 10:20] = strength * rng.random((len(E), 1)) + rng.normal(0, 1.0, (len(E), 10))
+    return out
+
+
+def test_a_readout_shown_camera_shifted_views_grades_shifted_photographs_and_keeps_its_own():
+    E, L, y, ref, mac, pat = graded_set(signal=0.6)
+    E[:, 10:20] += 0.6 * y[:, None]  # fine detail carries the grade in the camera's own photographs
+    views = np.stack([shifted(E, s) for s in (1, 2)], 1)
+    plain, _ = fit_readout(E, None, y, ref, list(mac), pat, [224], FAMILIAR)
+    robust, oof = fit_readout(E, None, y, ref, list(mac), pat, [224], FAMILIAR, views=views)
+    assert robust.views == 2 and oof["cnn@views"]["grade"].shape == (len(y) * 2,)
+    test = shifted(E, seed=9)
+    err_plain = np.abs(plain.predict(test)["raw_score"] - y).mean()
+    err_robust = np.abs(robust.predict(test)["raw_score"] - y).mean()
+    assert err_robust < 0.8 * err_plain
+    assert qwk(y, robust.predict(E)["grade"]) > 0.7
+
+
+def test_features_far_from_every_training_photograph_are_unfamiliar_and_near_ones_are_not():
+    E, L, y, ref, mac, pat = graded_set(signal=0.6)
+    readout, _ = fit_readout(E, None, y, ref, list(mac), pat, [224], FAMILIAR)
+    near = readout.predict(graded_set(signal=0.6, seed=5)[0])
+    assert near["familiar"].mean() > 0.95
+    far = readout.predict(np.random.default_rng(0).normal(0, 6, E.shape))
+    assert not far["familiar"].any() and (far["novelty"] > 1).all()
+
+
+def test_a_grade_score_outside_the_fitted_range_is_unfamiliar_and_the_reported_score_is_bounded():
+    E, L, y, ref, mac, pat = graded_set(signal=0.6)
+    readout, _ = fit_readout(E, None, y, ref, list(mac), pat, [224], FAMILIAR)
+    lo, hi = readout.familiarity.score_range
+    assert lo < 0.5 and hi > 3.5 and hi - lo < 8
+    # a photograph along the grade direction, ten times further than any grade-4 eye
+    runaway = E[:3].copy()
+    runaway[:, :3] = 40
+    d = readout.predict(runaway)
+    assert (d["raw_score"] > hi).all() and not d["in_range"].any() and not d["familiar"].any()
+    assert (d["score"] <= 4).all() and (readout.predict(E)["score"] >= 0).all()
+
+
+def test_familiarity_travels_in_the_checkpoint_and_older_readouts_call_everything_familiar(tmp_path):
+    from lesiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    E, L, y, ref, mac, pat = graded_set(signal=0.6)
+    readout, _ = fit_readout(E, None, y, ref, list(mac), pat, [224], FAMILIAR, views=shifted(E)[:, None])
+    save_checkpoint(tmp_path / "g.pt", {"readout": readout.to_dict()})
+    again = Readout.from_dict(load_checkpoint(tmp_path / "g.pt")["readout"])
+    far = np.random.default_rng(0).normal(0, 6, E.shape)
+    assert np.allclose(again.predict(far)["novelty"], readout.predict(far)["novelty"], rtol=1e-4)
+    assert again.views == 1
+    older = Readout.from_dict({k: v for k, v in readout.to_dict().items() if k not in ("familiarity", "views")})
+    assert older.familiarity is None and older.predict(far)["familiar"].all()
