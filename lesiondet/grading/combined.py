@@ -93,8 +93,8 @@ def final_grade(rule: Grade, cnn: Mapping[str, Any] | None, quality: Quality | N
             f"the lesions alone give grade {rule.grade}, the final grade is {g}: two or more grades apart, "
             "so the boxes do not explain this grade; read the photograph")
         reasons.append(doc["rule_grade"]["disagreement"])
-    # Flagged for a reader, not referred: referring these too cost 4 points of specificity out of fold
-    # (0.83 -> 0.79 on 450 graded photographs) for 1 point of sensitivity (docs/grading.md).
+    # Flagged for a reader, not referred: referring these too cost 4.5 points of specificity out of fold for 1.6 of
+    # sensitivity (0.875 / 0.876 -> 0.891 / 0.831 on 450 graded photographs: benchmarks/grading_cameras.py).
     doc.update(grade=g, grade_name=GRADE_NAMES[g], referable=referable, grade_source=source,
                model_probabilities=probs, reasons=reasons, review="disagreement" in doc["rule_grade"])
     return doc
