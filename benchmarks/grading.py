@@ -133,19 +133,13 @@ def embeddings(cnn: Path, items, sizes: list[int], tta: bool = True) -> np.ndarr
 
 
 def view_embeddings(cnn: Path, items, sizes: list[int], k: int, seed: int, tta: bool = True) -> np.ndarray | None:
-    """``[n, k, d]`` features of each photograph's ``k`` camera-shifted views (``camera.CameraShift``), in the
-    caches ``grader fit --features-cache`` reads (``features.view<c>.npz``), or None when ``k`` is 0."""
-    from lesiondet.grading.cnn import GraderCNN, embed_photographs
-    from lesiondet.grading.readout import cached_features
+    """``[n, k, d]`` features of each photograph's ``k`` camera-shifted views, in the caches ``grader fit
+    --features-cache`` reads (``features.view<c>.npz``), or None when ``k`` is 0."""
+    from lesiondet.grading.cnn import GraderCNN
+    from lesiondet.grading.readout import cached_views
 
-    if not k:
-        return None
-    paths = [i.path for i in items]
-    g = GraderCNN(cnn, "cpu", backend="auto")
-    return np.stack([cached_features(features_cache(tta).with_suffix(f".view{c}.npz"), cnn, paths, sizes, False,
-                                     lambda c=c: embed_photographs(g, paths, sizes, progress=True, tta=tta, view=c,
-                                                                   seed=seed),
-                                     tta, {"view": c, "seed": seed}) for c in range(k)], 1)
+    g = GraderCNN(cnn, "cpu", backend="auto") if k else None
+    return cached_views(features_cache(tta), cnn, g, [i.path for i in items], sizes, k, seed, tta=tta)
 
 
 def features_cache(tta: bool) -> Path:

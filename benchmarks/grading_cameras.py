@@ -52,8 +52,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 
 
 def features(grader, weights: Path, run: Path, name: str, paths, preprocessed: bool = False,
-             rendering: str | None = None, view: int | None = None, seed: int = 0) -> np.ndarray:
-    """Mirror-averaged 224/512-px features of ``paths`` (as rendered, or as a camera view), cached in ``run``."""
+             rendering: str | None = None) -> np.ndarray:
+    """Mirror-averaged 224/512-px features of ``paths`` (as they are, or as rendered), cached in ``run``."""
     from lesiondet.camera import render
     from lesiondet.grading.cnn import embed_photographs, to_input
     from lesiondet.grading.readout import cached_features
@@ -64,12 +64,12 @@ def features(grader, weights: Path, run: Path, name: str, paths, preprocessed: b
 
     def compute() -> np.ndarray:
         if rendering is None:
-            return embed_photographs(grader, paths, sizes, preprocessed, progress=True, view=view, seed=seed)
+            return embed_photographs(grader, paths, sizes, preprocessed, progress=True)
         top = max(sizes)
         return np.vstack([grader.embed([to_input(render(read_rgb(p), rendering), top, preprocessed)], sizes)
                           for p in progress(list(paths), desc=f"{name}: {rendering}")])
 
-    extra = {"rendering": rendering} if rendering else {"view": view, "seed": seed} if view is not None else {}
+    extra = {"rendering": rendering} if rendering else {}
     return cached_features(run / f"{name}.npz", weights, list(paths), sizes, preprocessed, compute, True, extra)
 
 
@@ -181,6 +181,7 @@ def main() -> int:
     from lesiondet.fileio import write_json, write_text
     from lesiondet.grading.cnn import GraderCNN, read_grading_csv
     from lesiondet.grading.learned import read_lesion_features
+    from lesiondet.grading.readout import cached_views
     from lesiondet.images import list_images
     from lesiondet.weights import default_grader
 
@@ -203,8 +204,8 @@ def main() -> int:
     rule = np.array([json.loads((a.lesions / f"{Path(p).stem}.json").read_text())["grade"]["grade"] for p in paths])
     E = features(g, weights, a.run, "srahim", paths)
     most = max(int({**base, **CANDIDATES[c]}["readout_views"]) for c in a.candidates)
-    V = np.stack([features(g, weights, a.run, f"srahim.view{c}", paths, view=c, seed=int(base["seed"]))
-                  for c in range(most)], 1) if most else np.zeros((len(paths), 0, E.shape[1]))
+    V = cached_views(a.run / "srahim.npz", weights, g, paths, g.readout.sizes, most, int(base["seed"]))
+    V = np.zeros((len(paths), 0, E.shape[1])) if V is None else V
     T = {t: features(g, weights, a.run, f"srahim.{t}", paths, rendering=t) for t in TESTS}
     ap_items = read_grading_csv(APTOS)
     _, te = train_test_split(ap_items, test_size=0.2, random_state=0, stratify=[i.grade for i in ap_items])

@@ -772,15 +772,13 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     ``.npz`` that keeps the network's features between fits (refitting on a new detector's lesions
     reads the photographs once); it is reused only for the same network, photographs and sizes.
     """
-    import numpy as np
-
     from lesiondet.config import load_section
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
     from lesiondet.fileio import write_json
     from lesiondet.grading.cnn import GraderCNN, embed_photographs, read_grading_csv
     from lesiondet.grading.learned import plot_confusion, read_lesion_features
     from lesiondet.grading.metrics import grading_metrics
-    from lesiondet.grading.readout import cached_features, fit_readout
+    from lesiondet.grading.readout import cached_features, cached_views, fit_readout
     from lesiondet.grading.rules import GradingConfig
 
     cfg = load_section("grader", config, "grader config", "pass a YAML with a grader: section")
@@ -799,14 +797,9 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     k = 0 if preprocessed else int(cfg["readout_views"])
     if k:
         log(f"grader fit: {k} camera-shifted views of each photograph (smaller fields of view, JPEG, crops, colour)")
-    views = [cached_features(None if features_cache is None else Path(features_cache).with_suffix(f".view{c}.npz"),
-                             weights, paths, sizes, preprocessed,
-                             lambda c=c: embed_photographs(g, paths, sizes, preprocessed, progress=True, tta=tta,
-                                                           view=c, seed=int(cfg["seed"])),
-                             tta, {"view": c, "seed": int(cfg["seed"])}) for c in range(k)]
+    views = cached_views(features_cache, weights, g, paths, sizes, k, int(cfg["seed"]), preprocessed, tta)
     readout, oof = fit_readout(E, L, [i.grade for i in items], [i.referable for i in items],
-                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg, tta,
-                               np.stack(views, 1) if views else None)
+                               [i.maculopathy for i in items], [i.patient for i in items], sizes, cfg, tta, views)
     y = [i.grade for i in items]
     report: dict[str, Any] = {"n": len(items), "patients": len({i.patient for i in items}), "sizes": sizes,
                               "mirrors": tta, "lesions": L is not None, "views": k, "out_of_fold": {}}
