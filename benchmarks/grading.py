@@ -135,8 +135,7 @@ def embeddings(cnn: Path, items, sizes: list[int], tta: bool = True) -> np.ndarr
 def view_embeddings(cnn: Path, items, sizes: list[int], k: int, seed: int, tta: bool = True) -> np.ndarray | None:
     """``[n, k, d]`` features of each photograph's ``k`` camera-shifted views, in the caches ``grader fit
     --features-cache`` reads (``features.view<c>.npz``), or None when ``k`` is 0."""
-    from lesiondet.grading.cnn import GraderCNN
-    from lesiondet.grading.readout import cached_views
+    from lesiondet.grading.cnn import GraderCNN, cached_views
 
     g = GraderCNN(cnn, "cpu", backend="auto") if k else None
     return cached_views(features_cache(tta), cnn, g, [i.path for i in items], sizes, k, seed, tta=tta)

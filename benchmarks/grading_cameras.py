@@ -181,7 +181,7 @@ def main() -> int:
     from lesiondet.fileio import write_json, write_text
     from lesiondet.grading.cnn import GraderCNN, read_grading_csv
     from lesiondet.grading.learned import read_lesion_features
-    from lesiondet.grading.readout import cached_views
+    from lesiondet.grading.cnn import cached_views
     from lesiondet.images import list_images
     from lesiondet.weights import default_grader
 

@@ -775,10 +775,10 @@ def grader_fit(data: str | Path, weights: str | Path, *, lesions: str | Path | N
     from lesiondet.config import load_section
     from lesiondet.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
     from lesiondet.fileio import write_json
-    from lesiondet.grading.cnn import GraderCNN, embed_photographs, read_grading_csv
+    from lesiondet.grading.cnn import GraderCNN, cached_views, embed_photographs, read_grading_csv
     from lesiondet.grading.learned import plot_confusion, read_lesion_features
     from lesiondet.grading.metrics import grading_metrics
-    from lesiondet.grading.readout import cached_features, cached_views, fit_readout
+    from lesiondet.grading.readout import cached_features, fit_readout
     from lesiondet.grading.rules import GradingConfig
 
     cfg = load_section("grader", config, "grader config", "pass a YAML with a grader: section")

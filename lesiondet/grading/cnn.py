@@ -579,3 +579,19 @@ def embed_photographs(grader: Any, paths: Sequence[str | Path], sizes: Sequence[
                     for j, p in enumerate(paths[s:s + chunk])]
         parts.append(grader.embed(imgs, sizes, tta=tta))
     return np.vstack(parts) if parts else np.zeros((0, 0))
+
+
+def cached_views(cache: str | Path | None, weights: str | Path, grader: Any, paths: Sequence[Path],
+                 sizes: Sequence[int], k: int, seed: int, preprocessed: bool = False, tta: bool = True
+                 ) -> np.ndarray | None:
+    """``[n, k, d]`` features of each photograph's ``k`` camera-shifted views (``embed_photographs``
+    with ``view``), each view cached beside ``cache`` as ``<cache>.view<c>.npz``; None when ``k`` is 0."""
+    from lesiondet.grading.readout import cached_features
+
+    if not k:
+        return None
+    return np.stack([cached_features(None if cache is None else Path(cache).with_suffix(f".view{c}.npz"), weights,
+                                     paths, sizes, preprocessed,
+                                     lambda c=c: embed_photographs(grader, paths, sizes, preprocessed, progress=True,
+                                                                   tta=tta, view=c, seed=seed),
+                                     tta, {"view": c, "seed": seed}) for c in range(k)], 1)

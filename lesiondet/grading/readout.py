@@ -351,22 +351,6 @@ def cached_features(cache: str | Path | None, weights: str | Path, paths: Sequen
     return E
 
 
-def cached_views(cache: str | Path | None, weights: str | Path, grader: Any, paths: Sequence[Path],
-                 sizes: Sequence[int], k: int, seed: int, preprocessed: bool = False, tta: bool = True
-                 ) -> np.ndarray | None:
-    """``[n, k, d]`` features of each photograph's ``k`` camera-shifted views (``grading.cnn.embed_photographs``
-    with ``view``), each view cached beside ``cache`` as ``<cache>.view<c>.npz``; None when ``k`` is 0."""
-    from lesiondet.grading.cnn import embed_photographs
-
-    if not k:
-        return None
-    return np.stack([cached_features(None if cache is None else Path(cache).with_suffix(f".view{c}.npz"), weights,
-                                     paths, sizes, preprocessed,
-                                     lambda c=c: embed_photographs(grader, paths, sizes, preprocessed, progress=True,
-                                                                   tta=tta, view=c, seed=seed),
-                                     tta, {"view": c, "seed": seed}) for c in range(k)], 1)
-
-
 def _fit_blocks(feats: Mapping[str, np.ndarray], idx: np.ndarray, y: np.ndarray, ref: np.ndarray, mac: np.ndarray,
                 params: Mapping[str, tuple[float, float]], views: np.ndarray | None = None) -> dict[str, Block]:
     """Each block on the rows ``idx``; the CNN block also on those rows' camera-shifted ``views``."""
