@@ -146,13 +146,14 @@ def fov_circle(img: np.ndarray, max_side: int = 256) -> tuple[float, float, floa
     x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
     extent = float(max(x1 - x0, y1 - y0))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    fit = _rim_circle(mask)
     # The fit only replaces the extent when the mask is clipped on both axes and the rim says the
-    # disc is wider: a whole or top-and-bottom-cropped disc keeps the plain extent (no fitting noise).
+    # disc is wider: a whole or top-and-bottom-cropped disc keeps the plain extent (no fitting noise),
+    # and is not fitted at all (this runs for every photograph the detector reads).
     h, w = mask.shape
-    clipped_both = (y0 <= 1 or y1 >= h - 1) and (x0 <= 1 or x1 >= w - 1)
-    if fit is not None and clipped_both and extent * 1.03 < fit[2] <= extent * MAX_RIM_FIT:
-        cx, cy, extent = fit
+    if (y0 <= 1 or y1 >= h - 1) and (x0 <= 1 or x1 >= w - 1):
+        fit = _rim_circle(mask)
+        if fit is not None and extent * 1.03 < fit[2] <= extent * MAX_RIM_FIT:
+            cx, cy, extent = fit
     return cx / s, cy / s, extent / s
 
 

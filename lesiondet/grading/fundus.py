@@ -23,15 +23,6 @@ from lesiondet.grading.anatomy import fov_mask
 from lesiondet.images import fov_circle
 
 
-def fov_box(img: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1) of the illuminated field of view; the whole image if none is found."""
-    mask = fov_mask(img)
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return 0, 0, img.shape[1], img.shape[0]
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
 def square_fov(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The field of view's disc centred in a black square whose side is its diameter (``images.fov_circle``),
     and a mask of the square's pixels that came from the photograph (a frame often clips the disc).
@@ -110,7 +101,7 @@ class QualityLimits:
     max_offset: float = 0.12  # field-of-view centre from the frame centre, share of the diagonal (shared: <= 0.05)
     min_contrast: float = 4.0  # std of the green channel inside the field of view (a blank frame has none)
     # colour inside the field of view: mean (max - min channel) over mean brightness. A colour fundus photograph
-    # is red to orange (shared photographs: >= 0.28, the greenest HEI-MED ones); an OCT scan, a red-free
+    # is red to orange (every third shared photograph: >= 0.38, the greenest HEI-MED ones); an OCT scan, a red-free
     # photograph or a grey copy has none, and the grading network, which reads colour, was not made for them.
     min_colour: float = 0.1
 
