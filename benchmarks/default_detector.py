@@ -26,7 +26,7 @@ SETS = ("codras", "heimed", "idrid")
 RUN = ROOT / "benchmarks" / "runs" / "default_detector"
 
 
-def split_yamls() -> dict[str, tuple[Path, Path]]:
+def split_yamls(sets: tuple[str, ...] = SETS) -> dict[str, tuple[Path, Path]]:
     """Dataset YAMLs for each set's train and val parts (same classes and aliases as configs/datasets/)."""
     import yaml
 
@@ -34,7 +34,7 @@ def split_yamls() -> dict[str, tuple[Path, Path]]:
     from real_data import make_split
 
     out = {}
-    for name in SETS:
+    for name in sets:
         make_split(name, ROOT / "benchmarks" / "runs" / name / "split")
         base = yaml.safe_load((ROOT / "configs" / "datasets" / f"{name}.yaml").read_text())
         pair = []
@@ -68,10 +68,14 @@ def main() -> int:
     ap.add_argument("--run", default="default_detector", help="folder under benchmarks/runs/")
     ap.add_argument("--config", default="configs/models/cpu-mixture.yaml", help="training preset")
     ap.add_argument("--start", help="checkpoint a new run starts from (lesiondet train --from)")
+    ap.add_argument("--sets", default=",".join(SETS),
+                    help="sets whose training parts train the detector (roc: MA only, a partial label set)")
+    ap.add_argument("--held-out", default="roc",
+                    help="sets left out of training, scored whole: the camera it has never seen (leave-one-camera-out)")
     a = ap.parse_args()
     global RUN
     RUN = ROOT / "benchmarks" / "runs" / a.run
-    yamls = split_yamls()
+    yamls = split_yamls(tuple(a.sets.split(",")))
     weights = RUN / "train" / "best.pt"
     if a.ship:
         sys.path.insert(0, str(ROOT))
@@ -106,6 +110,12 @@ def main() -> int:
                   "--weights", str(weights), "--device", a.device,
                   "--json", str(js), "--out", str(RUN / f"eval_{name}"))
         results[name] = json.loads(js.read_text())
+    for name in [n for n in a.held_out.split(",") if n and n not in yamls]:
+        js = RUN / f"eval_{name}_all.json"
+        lesiondet("eval", "--map", "--voc", str(ROOT.parent / "shared" / "data" / "fundus" / name),
+                  "--labels", f"configs/datasets/{name}.yaml", "--weights", str(weights), "--device", a.device,
+                  "--json", str(js), "--out", str(RUN / f"eval_{name}_all"))
+        results[f"{name}_all"] = json.loads(js.read_text())
     (RUN / "result.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: {kk: v.get(kk) for kk in ("map50", "ap50", "froc")} for k, v in results.items()},
                      indent=1, default=str)[:4000])

@@ -309,7 +309,7 @@ def ship(minutes: float, config: Path | None, only: str | None = None) -> dict:
                   *(["--config", str(config)] if config else []))
     if only != "fluid" and not (oct_run / "best.pt").is_file():
         # the classifier's training set: every Kermany scan (oct and oct_extra) and the 88 Duke B-scans as
-        # extra DME, as they are stored (the best variant of benchmarks/oct_classifier.py; docs/benchmarks.md)
+        # extra DME, as they are stored (the best variant of benchmarks/oct_classifier.py; CHANGELOG.md's benchmark log)
         from lesiondet.oct.classify import read_oct_data
         from lesiondet.oct.segment import read_fluid_data
 

@@ -1,7 +1,7 @@
 """Everything the command line does, as Python functions: each ``lesiondet`` command calls one of these.
 
 >>> from lesiondet import api
->>> run = api.train(["annotations/sample/train"], val="annotations/sample/val", epochs=1)   # doctest: +SKIP
+>>> run = api.train(["annotations/train"], val="annotations/val", epochs=1)   # doctest: +SKIP
 >>> api.detect(["fundus.jpg"], run["out_dir"] + "/best.pt", grade=True).grades             # doctest: +SKIP
 
 The functions return their results (summaries, records, metrics) and write the
@@ -139,6 +139,8 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
     from lesiondet.device import resolve_device
     from lesiondet.io.sources import parse_source
 
+    if str(start) in ("torchvision", "none"):  # a fresh detector, its backbone from there (--from torchvision|none)
+        pretrained, start = pretrained or str(start), "imagenet"
     resume_ck = None
     if resume:
         resume_ck = _resumable(resume, trust_legacy)
@@ -149,17 +151,19 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
         if not voc:
             raise LesiondetError(None, "no training data given",
                                  "pass --voc DIR (a labelImg folder) or --voc configs/datasets/NAME.yaml")
+        voc, val, test = _hand_split(voc, val, log)
         cfg = load_config(config)
         given = {"train": {"epochs": epochs, "batch": batch, "lr": lr, "workers": workers},
                  "model": {"pretrained": pretrained}, "tiling": {"tile": tile, "overlap": overlap}}
         cfg = merge(cfg, {s: {k: v for k, v in d.items() if v is not None} for s, d in given.items()})
         sources = [parse_source(v, labels) for v in voc]
         cfg["data"] = {"sources": [src.to_dict() for src in sources], "val": val and str(val),
-                       "val_split": val_split, "images": images and str(images)}
+                       "val_split": val_split, "images": images and str(images),
+                       "heldout": str(test or val) if (test or val) else None}
     records, val_records, label_map, annotated, n_sources = _training_data(cfg, resume_ck and resume_ck["label_map"],
                                                                            resume)
     if resume_ck is None:
-        label_map = _start(cfg, start, label_map, {"tile": tile, "overlap": overlap, "lr": lr}, log)
+        label_map = _start(cfg, start, label_map, {"tile": tile, "overlap": overlap, "lr": lr, "epochs": epochs}, log)
     check_images(records + (val_records or []))
     dev = resolve_device(device)
     # labelImg folders carry no patient ids: each photograph is its own group
@@ -168,6 +172,8 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
               check_photographs_disjoint),
         records, val_records, cfg["data"]["val"], cfg["data"]["val_split"], int(cfg["train"]["seed"]), out, resume,
         log, run_dir=lambda o: _shared_run_dir(o, dev))
+    if not cfg["data"].get("heldout") and val_records:  # a split of --voc: 'eval --map' scores these photographs
+        cfg["data"]["heldout"] = [str(r.xml_path) for r in val_records]
     counts = Counter(o.label for r in train_records for o in r.objects)
     log(f"objects: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}; classes {list(label_map.classes)}; "
         f"device {dev}")
@@ -188,9 +194,25 @@ def train(voc: Sequence[str | Path] | None = None, *, val: str | Path | None = N
     return summary
 
 
+def _hand_split(voc: Sequence[str | Path], val: str | Path | None, log: Log
+                ) -> tuple[list[str | Path], str | Path | None, Path | None]:
+    """One ``--voc`` folder holding ``train/`` and ``val/`` (and ``test/``): those are its splits, as a
+    labelImg user who split by hand means them. Returns the training sources, the validation folder and
+    the test folder that ``eval --map`` scores (None without one)."""
+    from lesiondet.io.voc import split_folders
+
+    parts = split_folders(voc[0]) if len(voc) == 1 else None
+    if parts is None:
+        return list(voc), val, None
+    log(f"{voc[0]}: split by its folders: training on {parts['train']}, validating on {val or parts['val']}"
+        + (f", {parts['test']} kept for 'lesiondet eval --map'" if "test" in parts else ""))
+    return [parts["train"]], val or parts["val"], parts.get("test")
+
+
 def _start(cfg: dict[str, Any], start: str | Path | None, label_map: Any, given: dict[str, Any], log: Log) -> Any:
     """Settle where a new run starts (``detection.start``) and what that brings into ``cfg``; returns the
     run's label map (the start's classes join it)."""
+    from lesiondet.config import defaults
     from lesiondet.detection.start import choose_start, with_start_classes
 
     st = choose_start(start, cfg["model"], label_map)
@@ -204,8 +226,10 @@ def _start(cfg: dict[str, Any], start: str | Path | None, label_map: Any, given:
     cfg["tiling_resolved"] = {**st.tiling, **{k: v for k, v in given.items() if k in ("tile", "overlap") and v}}
     if given.get("lr") is None:
         t["lr"] = float(t["finetune_lr"])
+    if given.get("epochs") is None and int(t["epochs"]) == int(defaults("train")["epochs"]):
+        t["epochs"] = int(t["finetune_epochs"])
     t["warmup_iters"] = min(int(t["warmup_iters"]), int(t["finetune_warmup_iters"]))
-    log(f"fine-tuning: lr {t['lr']:g}, warm-up {t['warmup_iters']} steps, backbone blocks before "
+    log(f"fine-tuning: {t['epochs']} epochs, lr {t['lr']:g}, warm-up {t['warmup_iters']} steps, backbone blocks before "
         f"{cfg['model']['trainable_from']} frozen; tiling and retinal scale "
         f"(retina_px {cfg['tiling_resolved'].get('retina_px')}) from the start")
     return with_start_classes(label_map, st)
@@ -324,24 +348,37 @@ def detect(images: Sequence[str | Path], weights: str | Path | None = None, *, s
     return run
 
 
-def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | Path | None = None,
+def evaluate(voc: str | Path | None = None, *, weights: str | Path | None = None, pred: str | Path | None = None,
              labels: str | Path | None = None, images: str | Path | None = None, score: float = 0.001,
              grade_score: float | None = None, out: str | Path = "runs/eval", json: str | Path | None = None,
-             device: str = "auto", trust_legacy: bool = False, progress: bool = False, **tiling: Any) -> dict:
+             device: str = "auto", trust_legacy: bool = False, progress: bool = False, runs: str | Path = "runs",
+             log: Log = _quiet, **tiling: Any) -> dict:
     """COCO mAP, AP50, FROC and AP by size of a checkpoint (``weights``) or of VOC predictions (``pred``).
 
-    Writes ``pr_curves.png``, ``froc.png`` and ``grade_confusion.png`` to a numbered ``out`` folder
-    (its path is ``result["figures"]``) and, with ``json``, the figures as JSON.
+    With neither, the newest ``best.pt`` under ``runs`` is scored, as ``yolo val`` does; without
+    ``voc``, a checkpoint is scored on the photographs its training run held out (its test folder, else
+    its validation photographs: ``data.heldout`` in its configuration). Writes ``pr_curves.png``,
+    ``froc.png`` and ``grade_confusion.png`` to a numbered ``out`` folder (its path is
+    ``result["figures"]``) and, with ``json``, the figures as JSON; ``result["scored"]`` says what was
+    scored on what.
     """
     from lesiondet.detection.metrics import evaluate_detections, json_safe
     from lesiondet.fileio import write_json
     from lesiondet.grading.learned import grade_agreement, plot_confusion
     from lesiondet.io.labels import LabelMap, load_label_map
-    from lesiondet.io.voc import present_labels, read_voc_dir
+    from lesiondet.fileio import latest_run
+    from lesiondet.io.voc import parse_voc, present_labels, read_voc_dir
     from lesiondet.reporting.plots import plot_froc, plot_pr_curves
 
-    if (weights is None) == (pred is None):
-        raise LesiondetError(None, "score either a model or predictions", "pass --weights or --pred")
+    if weights is not None and pred is not None:
+        raise LesiondetError(None, "score either a model or predictions", "pass --weights or --pred, not both")
+    if weights is None and pred is None:
+        weights = latest_run(runs)
+        if weights is None:
+            raise LesiondetError(runs, "no training run with a best.pt here to score",
+                                 "train one first (lesiondet train --voc annotations/) or pass --weights")
+    if pred is not None and voc is None:
+        raise LesiondetError(pred, "predictions need the ground truth they are scored on", "pass --voc DIR")
     if weights is not None:
         from lesiondet.detection.predict import Predictor
 
@@ -349,7 +386,12 @@ def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | 
         classes = predictor.classes
         label_map = (load_label_map(labels) if labels
                      else LabelMap.from_dict({**predictor.label_map, "default_aliases": True}, str(weights)))
-        gt = read_voc_dir(voc, label_map, images)
+        where: Any = voc if voc is not None else _heldout(weights)
+        gt = (read_voc_dir(where, label_map, images) if isinstance(where, (str, Path))
+              else [parse_voc(x, label_map, images) for x in where])
+        log(f"scoring {weights} on " + (f"{where}" if isinstance(where, (str, Path))
+                                        else f"the {len(where)} photographs its run held out of training")
+            + ("" if voc is not None else " (the split its training run held out)"))
         preds = predictor.predict_records(gt, progress=progress)
     else:
         label_map = load_label_map(labels)
@@ -366,6 +408,9 @@ def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | 
                  else 0.3 if grade_score is None else grade_score)
     result["grade_agreement"] = ga = grade_agreement(gt, preds, keep)
     result["n_images"] = len(gt)
+    result["scored"] = {"weights": weights and str(weights), "pred": pred and str(pred),
+                        "on": str(where) if weights is not None and isinstance(where, (str, Path)) else
+                        str(voc) if voc is not None else f"{len(gt)} held-out photographs of the run"}
     figs = next_run_dir(Path(out).parent, Path(out).name)
     plot_pr_curves(figs / "pr_curves.png", result)
     plot_froc(figs / "froc.png", result)
@@ -375,6 +420,17 @@ def evaluate(voc: str | Path, *, weights: str | Path | None = None, pred: str | 
         write_json(json, json_safe(result))
     result["figures"] = str(figs)
     return result
+
+
+def _heldout(weights: str | Path) -> str | list[str]:
+    """What a checkpoint's training run held out (``data.heldout``): a folder, or its validation XML files."""
+    from lesiondet.engine.checkpoint import load_checkpoint
+
+    held = ((load_checkpoint(weights).get("config") or {}).get("data") or {}).get("heldout")
+    if not held:
+        raise LesiondetError(weights, "this checkpoint does not record photographs its training held out",
+                             "pass --voc with the ground truth to score it on")
+    return held
 
 
 def calibrate(weights: str | Path, voc: str | Path, *, out: str | Path, labels: str | Path | None = None,
@@ -934,7 +990,7 @@ def convert(out: str | Path, *, source: str | None = None, to: str | None = None
         need = {"masks": (masks, images), "coco": (json, images), "yolo": (labels, names, images)}[source]
         if any(v is None for v in need):
             raise LesiondetError(None, f"--from {source} needs " + {"masks": "--masks and --images",
-                                 "coco": "--json and --images", "yolo": "--labels, --names and --images"}[source],
+                                 "coco": "--json and --images", "yolo": "--yolo, --names and --images"}[source],
                                  "see lesiondet convert --help")
         if source == "masks":
             records = cv.masks_to_records(masks, images, colours, class_dirs, min_area, merge_distance,

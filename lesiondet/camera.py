@@ -86,6 +86,40 @@ def render(img: np.ndarray, name: str | Mapping[str, Any]) -> np.ndarray:
     return out
 
 
+def camera_colour() -> list[Any]:
+    """Another camera's colour (albumentations, pixel-level: boxes and masks stay put): white balance,
+    gamma, brightness, contrast and saturation, uneven illumination, sensor noise."""
+    import albumentations as A
+
+    return [
+        A.PlanckianJitter(p=0.5),
+        A.RandomGamma((70, 145), p=0.7),
+        A.ColorJitter(brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.7, 1.3), hue=(-0.03, 0.03),
+                      p=0.8),
+        A.Illumination(mode="gaussian", intensity_range=(0.05, 0.2), p=0.4),
+        A.ISONoise(p=0.15),
+    ]
+
+
+def camera_tile(p: float) -> Any:
+    """With chance ``p``, a detector training tile as another camera would have taken it.
+
+    ``camera_colour``, then vignetting, a slight defocus, fewer sensor pixels (down and up again)
+    and JPEG. All pixel-level, so boxes stay put. The defocus and the resolution loss are mild: at
+    the working scale a microaneurysm is 4-10 px across, and a tile blurred past that teaches
+    "no lesion here" where one is marked.
+    """
+    import albumentations as A
+
+    return A.Sequential([
+        *camera_colour(),
+        A.Illumination(mode="corner", intensity_range=(0.05, 0.2), effect_type="darken", p=0.3),
+        A.GaussianBlur(blur_limit=0, sigma_limit=(0.3, 1.0), p=0.25),
+        A.Downscale(scale_range=(0.6, 0.9), p=0.25),
+        A.ImageCompression(quality_range=(50, 95), p=0.5),
+    ], p=p)
+
+
 @dataclass(frozen=True)
 class CameraShift:
     """A random other camera: colour, gamma, illumination, focus and noise (albumentations), then a crop, a
@@ -103,14 +137,7 @@ class CameraShift:
     def colour(self) -> Any:
         import albumentations as A
 
-        return A.Compose([
-            A.PlanckianJitter(p=0.5),
-            A.RandomGamma((70, 145), p=0.7),
-            A.ColorJitter(brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.7, 1.3), hue=(-0.03, 0.03),
-                          p=0.8),
-            A.Illumination(mode="gaussian", intensity_range=(0.05, 0.2), p=0.4),
-            A.ISONoise(p=0.15),
-        ])
+        return A.Compose(camera_colour())
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = img

@@ -71,6 +71,12 @@ def next_run_dir(base: str | Path, name: str) -> Path:
     return candidate
 
 
+def latest_run(base: str | Path = "runs", weights: str = "best.pt") -> Path | None:
+    """The newest ``weights`` file in any run folder under ``base`` (as ``yolo val`` finds the last run), or None."""
+    found = [p for p in Path(base).glob(f"**/{weights}") if p.is_file()] if Path(base).is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def list_dir(folder: str | Path) -> list[Path]:
     """The entries of ``folder``, sorted; a ``LesiondetError`` naming it when it cannot be listed."""
     from lesiondet.errors import LesiondetError

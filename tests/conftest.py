@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "annotations" / "sample"
+SAMPLE = ROOT / "annotations"
 
 
 def write_xml(path: Path, filename: str = "img.jpg", size=(64, 48), objects=(), extra: str = "") -> Path:
@@ -124,8 +124,8 @@ def trained_run(tiny_sample: Path, tiny_config: Path, tmp_path_factory) -> Path:
     from lesiondet.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "train"
-    rc = main(["train", "--voc", str(tiny_sample / "train"), "--val", str(tiny_sample / "val"),
-               "--config", str(tiny_config), "--out", str(out), "--device", "cpu"])
+    # the folder as a labelImg user splits by hand (train/, val/, test/): its sub-folders are the splits
+    rc = main(["train", "--voc", str(tiny_sample), "--config", str(tiny_config), "--out", str(out), "--device", "cpu"])
     assert rc == 0
     return out
 

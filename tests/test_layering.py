@@ -1,10 +1,12 @@
 """The layers: CLI → API → pipeline → task packages → shared floors.
 
 A task package returns data and imports no other task; only the pipeline above them composes
-tasks and reporting. A shared floor (config, export, io, images, fileio, nn, engine, reporting, and
-the small modules beside them) imports no task and nothing above one, so a folder that looks
-shared is shared. ``io`` reads and writes data and draws nothing. No two packages import each
-other, directly or round a longer circle.
+tasks and reporting. The shared floors are ordered (``FLOOR_ORDER``), and each imports only floors
+below its own level: errors and progress at the bottom, then fileio, device and nn, then config,
+export and images, then io (and camera), then reporting and synth, then engine, then weights. So a
+folder that looks shared is shared, and a low floor never reaches up. ``io`` reads and writes data
+and draws nothing. No two packages import each other, directly or round a longer circle. Relative
+imports and ``importlib.import_module("lesiondet...")`` calls count as imports.
 """
 import ast
 import sys
@@ -15,25 +17,40 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "lesiondet"
 TASKS = ("detection", "grading", "oct")
 ABOVE = ("pipeline", "api", "cli")
-FLOORS = ("config", "export", "io", "images", "camera", "fileio", "nn", "engine", "reporting",
-          "errors", "device", "progress", "weights", "synth")
+#: the shared floors, lowest first; a floor imports only floors of a lower level
+FLOOR_ORDER = (("errors", "progress"), ("fileio", "device", "nn"), ("config", "export", "images"),
+               ("io", "camera"), ("reporting", "synth"), ("engine",), ("weights",))
+FLOORS = tuple(f for level in FLOOR_ORDER for f in level)
+LEVEL = {f: k for k, level in enumerate(FLOOR_ORDER) for f in level}
 
 
 def modules_imported(path: Path) -> set[str]:
-    """Every ``lesiondet`` module ``path`` imports, at the top or inside functions, ``TYPE_CHECKING`` aside."""
+    """Every ``lesiondet`` module ``path`` imports, at the top or inside functions, ``TYPE_CHECKING`` aside:
+    absolute and relative imports, and ``importlib.import_module`` calls with a literal name."""
     tree = ast.parse(path.read_text())
     typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
                    and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
                    for n in ast.walk(node)}
+    # the package a relative import starts from: lesiondet/io/voc.py is in lesiondet.io
+    here = ["lesiondet", *path.relative_to(PKG).with_suffix("").parts]
+    package = here if path.stem == "__init__" else here[:-1]
     mods = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module:
-            mods.add(node.module)
-            mods.update(f"{node.module}.{a.name}" for a in node.names)  # "from lesiondet import api"
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x, from ..io import voc
+                up = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            if base:
+                mods.add(base)
+                mods.update(f"{base}.{a.name}" for a in node.names)  # "from lesiondet import api"
         elif isinstance(node, ast.Import):
             mods.update(a.name for a in node.names)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            mods.add(node.args[0].value)
     return {m for m in mods if m == "lesiondet" or m.startswith("lesiondet.")}
 
 
@@ -67,6 +84,18 @@ def test_every_top_level_unit_has_a_layer():
 def test_a_shared_floor_imports_no_task_and_nothing_above_one(floor):
     bad = {f: sorted(u & set(TASKS + ABOVE)) for f, u in imports_of(floor).items() if u & set(TASKS + ABOVE)}
     assert not bad, f"{floor} imports a task or what sits above the tasks: {bad}"
+
+
+def floors_above(floor: str) -> dict[str, list[str]]:
+    """``{file: the floors it imports that are not below ``floor``'s level}``."""
+    return {f: sorted(x for x in u if x in LEVEL and LEVEL[x] >= LEVEL[floor])
+            for f, u in imports_of(floor).items() if any(x in LEVEL and LEVEL[x] >= LEVEL[floor] for x in u)}
+
+
+@pytest.mark.parametrize("floor", FLOORS)
+def test_a_shared_floor_imports_only_lower_floors(floor):
+    bad = floors_above(floor)
+    assert not bad, f"{floor} (level {LEVEL[floor]} of FLOOR_ORDER) imports floors at or above its level: {bad}"
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -112,8 +141,9 @@ def test_no_two_units_import_each_other_round_any_circle():
     assert not cycles, "circles between packages: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_the_checker_sees_an_upward_import_and_a_circle(tmp_path, monkeypatch):
-    """The rules above can fail: a floor importing a task, and two floors importing each other, are caught."""
+def test_the_checker_sees_an_upward_import_a_circle_and_a_floor_out_of_order(tmp_path, monkeypatch):
+    """The rules above can fail: a floor importing a task, two floors importing each other, and a floor
+    importing one at or above its level (through a relative import or importlib too) are caught."""
     fake = tmp_path / "lesiondet"
     for unit, body in {"io": "from lesiondet.detection.model import x\n",
                        "detection": "from lesiondet.io.voc import y\n",
@@ -122,8 +152,17 @@ def test_the_checker_sees_an_upward_import_and_a_circle(tmp_path, monkeypatch):
         (fake / unit).mkdir(parents=True)
         (fake / unit / "__init__.py").write_text("")
         (fake / unit / "m.py").write_text(body)
+    (fake / "config").mkdir()
+    (fake / "config" / "__init__.py").write_text("")
+    (fake / "config" / "m.py").write_text("from ..engine import trainer\n")  # a relative import, up a level
+    (fake / "fileio.py").write_text("import importlib\nimportlib.import_module('lesiondet.io.voc')\n")
     monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
     assert imports_of("io") == {"io/__init__.py": set(), "io/m.py": {"detection"}}
+    assert imports_of("config")["config/m.py"] == {"engine"}
+    assert floors_above("config") == {"config/m.py": ["engine"]}  # config sits below engine
+    assert floors_above("fileio") == {"fileio.py": ["io"]}  # seen through importlib
+    assert floors_above("engine") == {}  # engine may import reporting, which sits below it ...
+    assert floors_above("reporting") == {"reporting/m.py": ["engine"]}  # ... and not the other way
     assert sorted(map(tuple, circles({"io", "detection", "engine", "reporting"}))) == [
         ("detection", "io", "detection"), ("engine", "reporting", "engine")]
 

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_compare_crop_counts_lesions_found_in_the_window(tmp_path):
-    test = ROOT / "annotations" / "sample" / "test"
+    test = ROOT / "annotations" / "test"
     xml = sorted((test / "Annotations").glob("*.xml"))[0]
     img = next((test / "JPEGImages").glob(xml.stem + ".*"))
     out = tmp_path / "crop.png"

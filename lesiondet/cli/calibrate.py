@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lesiondet.cli.common import add_trust_legacy, say, score
+from lesiondet.cli.common import add_device, add_trust_legacy, say, score
 from lesiondet.errors import LesiondetError
 
 
@@ -33,7 +33,7 @@ def add(sub) -> None:
                    help="also store display thresholds: per class, the lowest score whose boxes are at least this "
                         "share right (e.g. 0.5); the drawing shows them, the rules count those at --fp-per-image's")
     c.add_argument("--out", required=True, help="the calibrated checkpoint to write (.pt)")
-    c.add_argument("--device", default="auto")
+    add_device(c)
     add_trust_legacy(c)
     c.set_defaults(func=run)
 

@@ -6,8 +6,24 @@ import os
 import sys
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if ("default" in text or d is None or d is False or d is argparse.SUPPRESS or action.nargs == 0
+                or not action.option_strings):
+            return text
+        return f"{text} (default: {d})"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line, like every other error."""
+    """argparse that reports a bad argument in one line, like every other error, and shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -68,7 +84,7 @@ overlap = number_in(0.0, 0.9, hi_included=False)
 def tiling_overrides(a: argparse.Namespace) -> dict:
     """Slicing options given on the command line (None: keep what the checkpoint says)."""
     return {"tile": a.tile, "overlap": a.overlap, "merge": a.merge, "merge_pad": a.merge_pad,
-            "nested_ios": a.nested_ios, "retina_px": a.retina_px,
+            "nested_ios": a.nested_ios, "retina_px": a.retina_px, "zoom": a.zoom,
             "slice": False if a.no_slice else None, "tta": True if a.tta else None}
 
 
@@ -85,9 +101,17 @@ def add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retina-px", type=number_in(0.0, 16384.0, hi_included=True), metavar="PX",
                    help="working field-of-view diameter: each photograph is resized so its retina is this many px "
                         "across (default: the model's; 0: native pixels times the model's zoom)")
+    g.add_argument("--zoom", type=number_in(0.0, 16.0, hi_included=True), metavar="Z",
+                   help="the most a photograph whose retina is smaller than --retina-px is enlarged (default: the "
+                        "model's; a screening photograph's 800-px retina reaches 2,200 px at 2.75)")
     g.add_argument("--no-slice", action="store_true", help="one pass over the whole image at training scale")
     g.add_argument("--tta", action="store_true",
                    help="also predict on the mirrored image and merge the two (twice the time)")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when CUDA is present, else the CPU), cpu, cuda or cuda:N")
 
 
 def add_trust_legacy(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ def add(sub) -> None:
     c.add_argument("--from", dest="source", choices=("masks", "coco", "yolo"), help="what to convert into VOC")
     c.add_argument("--to", choices=("coco", "yolo"), help="what to convert a VOC folder (--voc) into")
     c.add_argument("--voc", help="labelImg folder to convert (with --to)")
-    c.add_argument("--label-map", help="label map YAML for --voc (default: the canonical lesion classes)")
+    c.add_argument("--labels", help="label map YAML for --voc (default: the canonical lesion classes)")
     c.add_argument("--images", help="the photographs (masks, coco, yolo; or for --voc if not beside the XML)")
     c.add_argument("--masks", help="one colour-coded mask per image (with --colours), or class sub-folders "
                                    "of binary masks (with --class-dirs); matched to images by file name")
@@ -30,7 +30,7 @@ def add(sub) -> None:
     c.add_argument("--unknown-colours", choices=("error", "ignore"), default="error",
                    help="a mask colour outside --colours: stop and list them (default), or count them as background")
     c.add_argument("--json", help="COCO detection JSON (with --from coco)")
-    c.add_argument("--labels", help="folder of YOLO .txt files (with --from yolo)")
+    c.add_argument("--yolo", help="folder of YOLO .txt label files (with --from yolo)")
     c.add_argument("--names", help="YOLO class names: data.yaml (names:) or classes.txt (with --from yolo)")
     c.add_argument("--out", required=True, help="labelImg folder, COCO .json or YOLO folder to write (new)")
     c.set_defaults(func=run)
@@ -39,9 +39,9 @@ def add(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from lesiondet import api
 
-    r = api.convert(a.out, source=a.source, to=a.to, voc=a.voc, label_map=a.label_map, masks=a.masks,
+    r = api.convert(a.out, source=a.source, to=a.to, voc=a.voc, label_map=a.labels, masks=a.masks,
                     images=a.images, colours=a.colours, class_dirs=a.class_dirs, min_area=a.min_area,
-                    merge_distance=a.merge_distance, keep_masks=a.keep_masks, json=a.json, labels=a.labels,
+                    merge_distance=a.merge_distance, keep_masks=a.keep_masks, json=a.json, labels=a.yolo,
                     names=a.names, unknown_colours=a.unknown_colours)
     for n in r["notes"]:
         say(f"note: {n}")

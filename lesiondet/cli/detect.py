@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lesiondet.cli.common import add_tiling_args, add_trust_legacy, error, positive_int, say, score, tiling_overrides
+from lesiondet.cli.common import add_device, add_tiling_args, add_trust_legacy, error, positive_int, say, score, tiling_overrides
 
 
 def add(sub) -> None:
@@ -19,7 +19,7 @@ def add(sub) -> None:
     d.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
     d.add_argument("--resume", action="store_true",
                    help="continue a killed run in --out: photographs its summary.csv lists are kept, the rest done")
-    d.add_argument("--device", default="auto")
+    add_device(d)
     d.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="what runs the networks: auto (onnxruntime on the CPU when installed, from an ONNX copy "
                         "made once into ~/.cache/lesiondet or $LESIONDET_CACHE; else PyTorch), torch or onnx")
@@ -31,7 +31,7 @@ def add(sub) -> None:
     d.add_argument("--report", action="store_true",
                    help="also write a self-contained report.html (images, lesion tables, grades, flags)")
     d.add_argument("--engine", choices=("serial", "ray"), default="serial",
-                   help="serial: this process; ray: a pool of Ray workers (pip install 'lesiondet[ray]'), "
+                   help="serial: this process; ray: a pool of Ray workers (pip install -e '.[ray]' in a clone), "
                         "same outputs; docs/cluster.md")
     d.add_argument("--address", help="with --engine ray: an existing cluster ('auto', or ray://HOST:PORT); "
                                      "default: a local instance on this machine's CPUs")

@@ -9,7 +9,8 @@ from lesiondet.cli.common import add_trust_legacy, say
 def add(sub) -> None:
     x = sub.add_parser("export", help="export a detector's per-tile network to ONNX or TorchScript")
     x.add_argument("--weights", required=True, help="best.pt from 'lesiondet train'")
-    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (onnxruntime, any platform) or torchscript")
     x.add_argument("--out", help="output file (default: the weights' name with .onnx or .torchscript)")
     add_trust_legacy(x)
     x.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiondet.cli.common import Parser, error, fraction, positive_float, positive_int, say
+from lesiondet.cli.common import add_device, Parser, error, fraction, positive_float, positive_int, say
 
 
 def add(sub) -> None:
@@ -21,8 +21,9 @@ def add(sub) -> None:
     t.add_argument("--config", help="YAML with a grader: section (defaults in lesiondet/config/defaults.yaml)")
     t.add_argument("--epochs", type=positive_int, help="fine-tuning epochs after the head-only stage")
     t.add_argument("--size", type=positive_int, help="network input side in pixels")
-    t.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
+                   help="stop cleanly after this many minutes, keeping best.pt")
+    add_device(t)
     t.add_argument("--out", default="runs/grader", help="run folder; numbered if it exists")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
     t.set_defaults(func=run_train)
@@ -37,7 +38,7 @@ def add(sub) -> None:
                    help="the photographs are already Ben Graham-processed by their source")
     f.add_argument("--config", help="YAML with a grader: section (readout_* options)")
     f.add_argument("--grading", help="grading-rules YAML (which merged classes count as haemorrhages)")
-    f.add_argument("--device", default="auto")
+    add_device(f)
     f.add_argument("--out", default="runs/grader-fit", help="run folder; numbered if it exists")
     f.add_argument("--features-cache", metavar="FILE.npz",
                    help="keep the network's features here and reuse them when the network and photographs "
@@ -48,13 +49,13 @@ def add(sub) -> None:
     e.add_argument("--weights", help="grader best.pt (default: the shipped grader)")
     e.add_argument("--json", help="write the figures to this JSON file")
     e.add_argument("--out", default="runs/grader-eval", help="folder for the confusion and t-SNE pictures")
-    e.add_argument("--device", default="auto")
+    add_device(e)
     e.set_defaults(func=run_eval)
     p = gsub.add_parser("predict", help="grade photographs (ungradable ones are reported, not graded)")
     p.add_argument("images", nargs="+", help="photograph files or folders")
     p.add_argument("--weights", help="grader best.pt (default: the shipped grader)")
     p.add_argument("--json", help="write the predictions to this file")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.set_defaults(func=run_predict)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lesiondet.cli.common import Parser, add_trust_legacy, error, fraction_or_zero, positive_float, positive_int, say
+from lesiondet.cli.common import add_device, Parser, add_trust_legacy, error, fraction_or_zero, positive_float, positive_int, say
 
 
 def add(sub) -> None:
@@ -19,13 +19,17 @@ def add(sub) -> None:
                     help="share of patients held out (default 0.2; 0: train on all, the final model)")
     ot.add_argument("--head", choices=("finetune", "linear", "both"), default="both",
                     help="fine-tuned CNN, logistic regression on frozen features, or both (default)")
-    ot.add_argument("--arch", choices=("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50"))
-    ot.add_argument("--pretrained", choices=("imagenet", "torchvision", "none"))
+    ot.add_argument("--arch", choices=("efficientnet_lite0", "mobilenet_v3_large", "resnet18", "resnet50"),
+                    help="backbone (default: oct.arch, efficientnet_lite0)")
+    ot.add_argument("--pretrained", choices=("imagenet", "torchvision", "none"),
+                    help="backbone weights: imagenet (offline Lite0), torchvision (hub cache) or none "
+                         "(default: oct.pretrained, imagenet)")
     ot.add_argument("--config", help="YAML with OCT options (configs/models/oct.yaml)")
     ot.add_argument("--epochs", type=positive_int, help="fine-tuning epochs after the head-only stage")
-    ot.add_argument("--batch", type=positive_int)
-    ot.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
-    ot.add_argument("--device", default="auto")
+    ot.add_argument("--batch", type=positive_int, help="scans per step (default: oct.batch, 16)")
+    ot.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
+                    help="stop cleanly after this many minutes, keeping best.pt")
+    add_device(ot)
     ot.add_argument("--out", default="runs/oct", help="run folder; numbered if it exists")
     ot.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
     ot.set_defaults(func=run_train)
@@ -33,21 +37,21 @@ def add(sub) -> None:
     op.add_argument("images", nargs="+", help="scan files or folders")
     op.add_argument("--weights", help="best.pt from 'lesiondet oct train' (default: the shipped classifier)")
     op.add_argument("--head", choices=("finetune", "linear"), help="default: the fine-tuned head if trained")
-    op.add_argument("--topk", type=positive_int, default=4)
+    op.add_argument("--topk", type=positive_int, default=4, help="classes listed per scan, most likely first")
     op.add_argument("--json", help="write class and probabilities to this file")
     op.add_argument("--out", default="runs/oct-predict", help="folder for the pictures; numbered if it exists")
     op.add_argument("--seg", metavar="W", nargs="?", const=True,
                     help="report fluid area too, with the shipped fluid U-Net or this best.pt from 'oct segment train'")
-    op.add_argument("--device", default="auto")
+    add_device(op)
     add_trust_legacy(op)
     op.set_defaults(func=run_predict)
     oe = osub.add_parser("eval", help="accuracy, sensitivity, specificity, ROC AUC, confusion matrix")
     oe.add_argument("--data", required=True, help="labelled folder or CSV")
     oe.add_argument("--weights", help="default: the shipped classifier")
-    oe.add_argument("--head", choices=("finetune", "linear"))
+    oe.add_argument("--head", choices=("finetune", "linear"), help="default: the fine-tuned head if trained")
     oe.add_argument("--json", help="write the figures to this JSON file")
     oe.add_argument("--out", default="runs/oct-eval", help="folder for oct_confusion.png")
-    oe.add_argument("--device", default="auto")
+    add_device(oe)
     add_trust_legacy(oe)
     oe.set_defaults(func=run_eval)
     add_segment(osub)
@@ -64,9 +68,10 @@ def add_segment(osub) -> None:
     g.add_argument("--val-split", type=fraction_or_zero, default=0.2,
                    help="share of subjects held out (default 0.2; 0: train on all and keep the last epoch)")
     t.add_argument("--config", help="YAML with a segment: section (defaults in lesiondet/config/defaults.yaml)")
-    t.add_argument("--epochs", type=positive_int)
-    t.add_argument("--time-limit", type=positive_float, metavar="MINUTES")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--epochs", type=positive_int, help="training epochs (default: segment.epochs, 60)")
+    t.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
+                   help="stop cleanly after this many minutes, keeping best.pt")
+    add_device(t)
     t.add_argument("--out", default="runs/oct-segment", help="run folder; numbered if it exists")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt (same --data)")
     t.set_defaults(func=run_segment_train)
@@ -77,7 +82,7 @@ def add_segment(osub) -> None:
     p.add_argument("--json", help="also write all scans' fluid figures to this file")
     p.add_argument("--spacing", type=positive_float, nargs=2, metavar=("X_UM", "Z_UM"),
                    help="µm per pixel across and in depth (Duke Spectralis: 11.3 3.9): fluid area in mm² too")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.set_defaults(func=run_segment_predict)
     e = ssub.add_parser("eval", help="pooled Dice, IoU, pixel accuracy, per-scan Dice; overlay grid, area scatter")
     e.add_argument("--data", required=True, help="folder with images/ and masks/, or a CSV image,mask[,subject]")
@@ -87,7 +92,7 @@ def add_segment(osub) -> None:
     e.add_argument("--spacing", type=positive_float, nargs=2, metavar=("X_UM", "Z_UM"),
                    help="µm per pixel across and in depth (Duke Spectralis: 11.3 3.9): per-scan fluid-area "
                         "error in mm² too")
-    e.add_argument("--device", default="auto")
+    add_device(e)
     e.set_defaults(func=run_segment_eval)
 
 

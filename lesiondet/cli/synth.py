@@ -8,12 +8,12 @@ from lesiondet.cli.common import positive_int, say
 
 def add(sub) -> None:
     s = sub.add_parser("synth", help="write the synthetic sample dataset")
-    s.add_argument("out")
-    s.add_argument("--n-train", type=positive_int, default=24)
-    s.add_argument("--n-val", type=positive_int, default=6)
-    s.add_argument("--n-test", type=positive_int, default=6)
-    s.add_argument("--size", type=positive_int, default=512)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out", help="folder to write train/, val/ and test/ into")
+    s.add_argument("--n-train", type=positive_int, default=24, help="training images")
+    s.add_argument("--n-val", type=positive_int, default=6, help="validation images")
+    s.add_argument("--n-test", type=positive_int, default=6, help="test images")
+    s.add_argument("--size", type=positive_int, default=512, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same images)")
     s.add_argument("--oct", action="store_true", help="write a synthetic OCT class-per-folder set instead")
     s.set_defaults(func=run)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lesiondet.cli.common import add_trust_legacy, fraction, overlap, positive_float, positive_int, say
+from lesiondet.cli.common import add_device, add_trust_legacy, fraction, overlap, positive_float, positive_int, say
 
 
 def add(sub) -> None:
@@ -18,20 +18,20 @@ def add(sub) -> None:
     t.add_argument("--labels", help="label map YAML (default: canonical classes found in the data)")
     t.add_argument("--config", help="training preset YAML (configs/models/*.yaml); "
                                     "defaults in lesiondet/config/defaults.yaml")
-    t.add_argument("--epochs", type=positive_int)
-    t.add_argument("--batch", type=positive_int)
-    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--epochs", type=positive_int, help="training epochs (default: train.epochs, 20)")
+    t.add_argument("--batch", type=positive_int, help="tiles per step (default: train.batch, 2)")
+    t.add_argument("--lr", type=positive_float,
+                   help="learning rate (default: train.lr 0.01 from ImageNet, train.finetune_lr 0.002 from a detector)")
     t.add_argument("--workers", type=int, help="data-loader processes")
-    t.add_argument("--pretrained", choices=("imagenet", "torchvision", "none"),
-                   help="backbone weights: imagenet (offline EfficientNet-Lite0), torchvision (hub cache), none")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device(t)
     t.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                    help="stop cleanly after this many minutes, keeping best.pt")
     t.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
-    t.add_argument("--from", dest="start", metavar="auto|shipped|imagenet|CHECKPOINT", default="auto",
-                   help="where a new run starts: auto (default: the shipped detector when it knows one of your "
-                        "classes and the network is its own, else ImageNet), shipped, imagenet, or a detector "
-                        "best.pt (classes matched by name)")
+    t.add_argument("--from", dest="start", metavar="auto|shipped|imagenet|torchvision|none|CHECKPOINT", default="auto",
+                   help="where a new run starts: auto (the shipped detector when it knows one of your classes and "
+                        "the network is its own, else imagenet), shipped, a detector best.pt (classes matched by "
+                        "name), or a fresh detector whose backbone starts from imagenet (the offline "
+                        "EfficientNet-Lite0 weights), torchvision (its hub cache) or none (random)")
     t.add_argument("--out", default="runs/train", help="run folder; numbered if it exists (default runs/train)")
     t.add_argument("--tile", type=positive_int, help="tile side in model pixels (default 512)")
     t.add_argument("--overlap", type=overlap, help="tile overlap share at validation (default 0.2)")
@@ -43,7 +43,7 @@ def run(a: argparse.Namespace) -> int:
     from lesiondet import api
 
     s = api.train(a.voc, val=a.val, val_split=a.val_split, labels=a.labels, images=a.images, config=a.config,
-                  epochs=a.epochs, batch=a.batch, lr=a.lr, workers=a.workers, pretrained=a.pretrained, tile=a.tile,
+                  epochs=a.epochs, batch=a.batch, lr=a.lr, workers=a.workers, tile=a.tile,
                   overlap=a.overlap, device=a.device, time_limit=a.time_limit, resume=a.resume, out=a.out,
                   trust_legacy=a.trust_legacy, start=a.start, log=say)
     say(f"done: {s['epochs_done']} epoch(s), best val mAP50 {max(s['best_fitness'], 0):.3f}; "

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lesiondet.camera import camera_tile
 from lesiondet.config import check_section, defaults
 from lesiondet.detection.scale import retina_factor_of, scale_record, to_working, working_tiling
 from lesiondet.detection.slicing import (
@@ -44,6 +45,7 @@ def train_transforms(aug: Mapping[str, Any] | None = None) -> A.Compose:
             A.Affine(scale=tuple(a["scale"]), translate_percent=(-0.05, 0.05), p=0.5, border_mode=0),
             A.RandomBrightnessContrast(a["brightness_contrast"], a["brightness_contrast"], p=0.5),
             A.HueSaturationValue(5, 10, 10, p=a["hue_saturation"]),
+            camera_tile(a["camera"]),
         ],
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
                                  min_visibility=a["min_visibility"], clip=True),

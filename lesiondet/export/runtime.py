@@ -1,7 +1,7 @@
 """Which runtime a checkpoint runs on: eager PyTorch, or onnxruntime from an ONNX copy made on first use.
 
 On a CPU, onnxruntime runs the detector's per-tile network and the grading CNN in about half of
-eager PyTorch's time (``benchmarks/bench_infer.py``; docs/benchmarks.md, "onnxruntime"), with
+eager PyTorch's time (``benchmarks/bench_infer.py``; CHANGELOG.md's benchmark log, "onnxruntime"), with
 the same detections and grades within the tolerance ``tests/export`` checks. So ``backend="auto"``
 (what ``lesiondet detect`` uses) picks onnxruntime when the device is the CPU and onnxruntime is
 installed, and PyTorch otherwise.

@@ -97,6 +97,24 @@ def annotations_dir(path: str | Path) -> Path:
     return sub if sub.is_dir() else path
 
 
+#: sub-folders that split a labelImg folder by hand, as many labelImg users do (and the shipped sample is)
+SPLITS = ("train", "val", "test")
+
+
+def split_folders(path: str | Path) -> dict[str, Path] | None:
+    """``{"train": ..., "val": ..., ["test": ...]}`` when ``path`` holds ``train/`` and ``val/`` labelImg
+    folders (each with its .xml, or an ``Annotations/``); None for a plain labelImg folder."""
+    path = Path(path)
+    if not path.is_dir() or any(p.suffix.lower() == ".xml" for p in path.iterdir()) or (path / "Annotations").is_dir():
+        return None
+
+    def labelled(d: Path) -> bool:
+        return d.is_dir() and ((d / "Annotations").is_dir() or any(p.suffix.lower() == ".xml" for p in d.iterdir()))
+
+    found = {name: path / name for name in SPLITS if labelled(path / name)}
+    return found if {"train", "val"} <= set(found) else None
+
+
 def find_image(xml_path: Path, filename: str, images_dir: Path | None = None) -> Path:
     """Locate the image an XML names: ``--images DIR``, next to the XML, or ``../JPEGImages``."""
     folders = [d for d in (images_dir, xml_path.parent, xml_path.parent.parent / "JPEGImages") if d]

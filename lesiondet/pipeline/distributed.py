@@ -30,7 +30,7 @@ from lesiondet.grading.rules import GradingConfig
 from lesiondet.pipeline.screening import DetectRun, Models, finish, prepare, screen_paths
 from lesiondet.progress import progress
 
-INSTALL = "pip install 'lesiondet[ray]'"
+INSTALL = "pip install -e '.[ray]' (in your lesiondet clone)"
 RETRIES = 2        # a chunk whose worker dies runs again this many times before it is split
 QUEUED = 2         # chunks waiting on each worker, so it never idles between them
 
@@ -96,7 +96,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
 
 def plan(cpus: int, workers: int | None, threads: int | None) -> tuple[int, int]:
     """``(workers, threads per worker)`` for ``cpus`` CPUs: one thread each by default (measured fastest on
-    2 cores, docs/benchmarks.md "Ray"), as many workers as fit."""
+    2 cores, CHANGELOG.md's benchmark log "Ray"), as many workers as fit."""
     threads = max(1, threads or 1)
     return max(1, workers or cpus // threads), threads
 

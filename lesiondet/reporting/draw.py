@@ -39,10 +39,8 @@ def draw(img: np.ndarray, record: VocRecord, thickness: int | None = None) -> np
             _dashed_rect(out, (x0 - pad, y0 - pad), (x1 + pad - 1, y1 + pad - 1), c, t)
         else:
             cv2.rectangle(out, (x0 - pad, y0 - pad), (x1 + pad - 1, y1 + pad - 1), c, t)
-        text = o.label if o.score is None else f"{o.label} {o.score:.2f}"
-        # Text only where it fits beside the box; colour and the legend say the rest on busy images.
-        if o.label == "OD" or (o.width >= 60 * font and len(record.objects) <= 100):
-            cv2.putText(out, text, (x0, max(10, y0 - pad - 2)), cv2.FONT_HERSHEY_SIMPLEX, font, c, t, cv2.LINE_AA)
+    for text, org, c in captions(record, font, t, pad):
+        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, font, c, t, cv2.LINE_AA)
     counts = Counter(o.label for o in record.objects)
     counted = Counter(o.label for o in record.objects if o.counted is not False)
     y = int(20 * font / 0.5)
@@ -50,6 +48,30 @@ def draw(img: np.ndarray, record: VocRecord, thickness: int | None = None) -> np
         text = f"{label}: {n}" if counted[label] == n else f"{label}: {n} shown, {counted[label]} counted"
         cv2.putText(out, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, font * 1.2, colour(label), t + 1, cv2.LINE_AA)
         y += int(24 * font / 0.5)
+    return out
+
+
+def captions(record: VocRecord, font: float, t: int, pad: int) -> list[tuple[str, tuple[int, int], tuple]]:
+    """The class-and-score captions drawn, with where: none overlaps another.
+
+    Best score first, each above its box. A caption is left out where it would cross one already
+    placed (a dense cluster of exudates would otherwise pile its scores into unreadable text), and for
+    boxes drawn dashed (shown, not counted): the legend's "N shown, M counted" says what they are.
+    Small lesions get none either: colour and the legend say it on a busy photograph.
+    """
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    for o in sorted(record.objects, key=lambda o: -(o.score if o.score is not None else 2.0)):
+        if o.label != "OD" and (o.counted is False or o.width < 60 * font):
+            continue
+        text = o.label if o.score is None else f"{o.label} {o.score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, t)
+        x, y = int(round(o.box[0])), max(th + 2, int(round(o.box[1])) - pad - 2)
+        rect = (x, y - th - 1, x + tw, y + base)
+        if any(rect[0] < r[2] and r[0] < rect[2] and rect[1] < r[3] and r[1] < rect[3] for r in placed):
+            continue
+        placed.append(rect)
+        out.append((text, (x, y), colour(o.label)))
     return out
 
 

@@ -75,6 +75,30 @@ def test_eval_with_weights_and_with_prediction_folder_agree(trained_run, tiny_sa
     assert doc2["mAP50"] == pytest.approx(doc["mAP50"], abs=0.02)  # scores rounded to 4 places, boxes to pixels
 
 
+def test_a_hand_split_folder_trains_on_train_validates_on_val_and_keeps_test(trained_run, tiny_sample):
+    data = torch.load(trained_run / "best.pt", weights_only=False)["config"]["data"]
+    assert Path(data["sources"][0]["voc"]) == tiny_sample / "train" and Path(data["val"]) == tiny_sample / "val"
+    assert Path(data["heldout"]) == tiny_sample / "test"
+
+
+def test_eval_map_alone_scores_the_newest_run_on_the_split_it_held_out(trained_run, tiny_sample, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "runs" / "train").mkdir(parents=True)  # the working folder's runs/, as 'lesiondet train' leaves it
+    shutil.copy(trained_run / "best.pt", tmp_path / "runs" / "train" / "best.pt")
+    assert main(["eval", "--map", "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"scored {Path('runs/train/best.pt')} on {tiny_sample / 'test'}" in out
+    assert "FROC" in out and "mAP@[.5:.95]" in out
+    assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 2  # tiny_sample's test/
+
+
+def test_eval_map_alone_without_a_run_says_what_to_do(tmp_path, capsys):
+    assert main(["eval", "--map"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no training run" in err[0] and "lesiondet train --voc annotations/" in err[0]
+
+
 def test_eval_of_ground_truth_against_itself_is_one(tiny_sample, tmp_path):
     gt = str(tiny_sample / "test")
     assert main(["eval", "--map", "--voc", gt, "--pred", gt, "--json", str(tmp_path / "g.json"),

@@ -9,6 +9,7 @@ from lesiondet.detection.operating import (
     apply_anatomy,
     calibrated,
     displayed,
+    displayed_across,
     flag_boxes,
     threshold_at_fp,
     threshold_at_precision,
@@ -100,6 +101,32 @@ def test_the_display_threshold_is_the_lowest_score_whose_boxes_are_right_often_e
     op = displayed(gt, preds, ["MA", "OD"], 0.5, "a test set", keep=OperatingPoint({"OD": 0.77}))
     assert op.thresholds == {"MA": pytest.approx(0.5), "OD": 0.77}  # the disc keeps its counted threshold
     assert "at least 0.5 of the boxes drawn" in op.purpose
+
+
+def test_the_drawing_takes_the_threshold_that_holds_on_every_camera():
+    gt = [_rec("a", [VocObject("MA", (10, 10, 14, 14))]), _rec("b", [VocObject("MA", (50, 50, 54, 54))])]
+    preds = [_rec("a", [VocObject("MA", (10, 10, 14, 14), score=0.9), VocObject("MA", (80, 80, 84, 84), score=0.7)]),
+             _rec("b", [VocObject("MA", (30, 30, 34, 34), score=0.6), VocObject("MA", (50, 50, 54, 54), score=0.5)])]
+    easy = [_rec("c", [VocObject("MA", (10, 10, 14, 14))])]
+    easy_preds = [_rec("c", [VocObject("MA", (10, 10, 14, 14), score=0.2)])]
+    keep = OperatingPoint({"OD": 0.77, "HE": 0.8})
+    op, per_set = displayed_across({"hard": (gt, preds), "easy": (easy, easy_preds)}, ["MA", "HE", "OD"], 0.6,
+                                   keep=keep, min_lesions=1)
+    assert per_set == {"MA": {"hard": pytest.approx(0.9), "easy": pytest.approx(0.2)}}
+    assert op.threshold("MA") == pytest.approx(0.9)  # the more conservative of the two cameras
+    assert op.threshold("HE") == 0.8 and op.threshold("OD") == 0.77  # no lesions of them: as counted
+    # a set with too few lesions of a class does not vote
+    op, per_set = displayed_across({"hard": (gt, preds), "easy": (easy, easy_preds)}, ["MA"], 0.6, keep=keep,
+                                   min_lesions=2)
+    assert per_set == {"MA": {"hard": pytest.approx(0.9)}}
+
+
+def test_a_partial_label_is_read_as_each_of_its_members_for_the_drawing():
+    gt = [_rec("a", [VocObject("HE_MA", (10, 10, 30, 30))])]
+    preds = [_rec("a", [VocObject("HE", (12, 12, 28, 28), score=0.7), VocObject("HE", (60, 60, 70, 70), score=0.4)])]
+    op, per_set = displayed_across({"codras": (gt, preds)}, ["HE"], 1.0, keep=OperatingPoint(),
+                                   partial={"HE_MA": ("HE", "MA")}, min_lesions=1)
+    assert per_set == {"HE": {"codras": pytest.approx(0.7)}}
 
 
 def test_boxes_are_flagged_counted_and_shown_and_those_that_are_neither_dropped():

@@ -101,7 +101,7 @@ def test_a_run_from_a_checkpoint_keeps_its_classes_masks_those_unboxed_and_recho
                "--from", str(start), "--epochs", "1", "--out", str(tmp_path / "ft"), "--device", "cpu"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "starting from" in err and "fine-tuning: lr" in err and "masked out of its loss" in err
+    assert "starting from" in err and "fine-tuning: " in err and " epochs, lr " in err and "masked out of its loss" in err
     ck = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)
     start_ck = torch.load(start, weights_only=True)
     assert ck["classes"][0] == "MA" and set(ck["classes"]) == set(start_ck["classes"])

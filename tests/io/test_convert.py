@@ -136,7 +136,7 @@ def _yolo_case(tmp_path, line):
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n" + line + "\n")
     (tmp_path / "classes.txt").write_text("MA\nHE\n")
-    return ["convert", "--from", "yolo", "--labels", str(tmp_path / "labels"), "--names",
+    return ["convert", "--from", "yolo", "--yolo", str(tmp_path / "labels"), "--names",
             str(tmp_path / "classes.txt"), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o")]
 
 

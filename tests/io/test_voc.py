@@ -159,3 +159,22 @@ def test_detect_xml_keeps_which_boxes_the_rules_counted_through_a_round_trip(tmp
     write_voc(VocRecord(tmp_path / "a.png", 64, 48, objs), tmp_path / "a.xml")
     back = parse_voc(tmp_path / "a.xml", LM)
     assert [(o.counted, o.shown) for o in back.objects] == [(True, True), (False, True), (None, None)]
+
+
+def test_a_folder_split_by_hand_into_train_and_val_is_recognised(tmp_path):
+    from lesiondet.io.voc import split_folders
+
+    for part in ("train", "val", "test"):
+        (tmp_path / "data" / part / "Annotations").mkdir(parents=True)
+        write_xml(tmp_path / "data" / part / "Annotations" / "a.xml")
+    assert split_folders(tmp_path / "data") == {p: tmp_path / "data" / p for p in ("train", "val", "test")}
+    # test/ is optional; val/ is not
+    (tmp_path / "two" / "train").mkdir(parents=True), (tmp_path / "two" / "val").mkdir()
+    write_xml(tmp_path / "two" / "train" / "a.xml"), write_xml(tmp_path / "two" / "val" / "a.xml")
+    assert set(split_folders(tmp_path / "two")) == {"train", "val"}
+    (tmp_path / "one" / "train").mkdir(parents=True)
+    write_xml(tmp_path / "one" / "train" / "a.xml")
+    assert split_folders(tmp_path / "one") is None
+    # a plain labelImg folder is a plain folder, even with a train/ beside its XML
+    write_xml(tmp_path / "two" / "b.xml")
+    assert split_folders(tmp_path / "two") is None
