@@ -116,16 +116,38 @@ def display_point(detector: Path, op, precision: float, sets_arg: str = DISPLAY_
             objs = [VocObject(lab, tuple(b), False, s) for lab, b, s in done[key]]
             preds.append(r.with_objects(apply_anatomy(objs, op)[0]))
         sets[name] = (records, preds)
+    small = small_sets(detector, sets)
     shown, per_set_thr = displayed_across(sets, [*LESIONS, "OD"], precision, keep=op, partial=partial,
-                                          min_lesions=min_lesions)
+                                          min_lesions=min_lesions, small_sets=small)
     # what a reader sees at these thresholds, per set (partial labels read as each member: lenient)
-    stats = {name: {c: {kind: drawn_stats(as_class(g, c, partial), pr, c, point.threshold(c))
+    stats = {name: {c: {kind: drawn_stats(as_class(g, c, partial), pr, c, point.threshold(c, name in small))
                         for kind, point in (("display", shown), ("counted", op))} for c in LESIONS}
              for name, (g, pr) in sets.items()}
     write_json(RUN / "display_stats.json", {"thresholds": shown.to_dict(), "per_set_thresholds": per_set_thr,
-                                            "precision": precision, "min_lesions": min_lesions, "sets": stats})
+                                            "small_sets": sorted(small), "precision": precision,
+                                            "min_lesions": min_lesions, "sets": stats})
     print(json.dumps({"per_set_thresholds": per_set_thr, "sets": stats}, indent=1), flush=True)
     return shown
+
+
+def small_sets(detector: Path, sets: dict) -> set[str]:
+    """The sets most of whose photographs the detector reads below its working scale (small fields of view)."""
+    from lesiondet.detection.predict import checkpoint_tiling
+    from lesiondet.detection.scale import factor_for
+    from lesiondet.engine.checkpoint import load_checkpoint
+    from lesiondet.images import fov_diameter, read_thumbnail
+
+    tiling = checkpoint_tiling(load_checkpoint(detector))
+    out = set()
+    for name, (records, _) in sets.items():
+        below = 0
+        for r in records:
+            img, s = read_thumbnail(r.image_path)
+            d = fov_diameter(img) / s
+            below += d * factor_for(d, tiling) < 0.95 * tiling["retina_px"]
+        if below > len(records) / 2:
+            out.add(name)
+    return out
 
 
 def rule_grade(c: dict, op, disc_core: float = 0.8):
@@ -171,6 +193,8 @@ def main() -> int:
                     help="validation sets for the display thresholds (NAME: its split's val part; NAME:all: all of it)")
     ap.add_argument("--display-only", action="store_true",
                     help="keep the detector's stored (counted) operating point; choose only the display thresholds")
+    ap.add_argument("--record", action="store_true",
+                    help="with --display-only: also write benchmarks/results/detector_display.json")
     ap.add_argument("--run", default="operating_point", help="folder under benchmarks/runs/")
     a = ap.parse_args()
     global RUN
@@ -187,6 +211,10 @@ def main() -> int:
         if a.store:
             result["stored"] = str(with_operating_point(a.detector, None, a.store, shown))
         write_json(RUN / "result.json", result)
+        if a.record:  # the shipped drawing's figures, quoted by the docs from here
+            stats = json.loads((RUN / "display_stats.json").read_text())
+            write_json(ROOT / "benchmarks" / "results" / "detector_display.json",
+                       {"command": "python benchmarks/operating_point.py " + " ".join(sys.argv[1:]), **stats})
         return 0
     from lesiondet import api
     from lesiondet.detection.operating import OperatingPoint, with_operating_point

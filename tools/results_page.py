@@ -90,6 +90,24 @@ def page() -> str:
             v = f["value"]
             lines.append(f"| {f['what']} | {'-' if v is None else v} |")
         lines.append("")
+    disp = load("detector_display.json")
+    lines += ["## The shipped detector's drawing (display thresholds)", "",
+              "`benchmarks/results/detector_display.json`, 2026-12-07, the 2-core development machine.", "",
+              "```bash", disp["command"], "```", "",
+              "| class | per validation set: lowest score drawing half the boxes right | drawn from |", "|---|---|---|"]
+    th, small = disp["thresholds"]["thresholds"], disp["thresholds"].get("small", {})
+    for c, per in disp["per_set_thresholds"].items():
+        sets = ", ".join(f"{n} {'never' if t >= 1 else f'{t:.3f}'}" for n, t in per.items())
+        drawn = f"{th[c]:.3f}" + (f"; on photographs read below the working scale {'only what is counted' if small[c] >= 1 else small[c]}"
+                                  if c in small else "")
+        lines.append(f"| {c} | {sets} | {drawn} |")
+    lines += ["", "| set | class | boxes drawn | share right | lesions found |", "|---|---|---|---|---|"]
+    for name, per in disp["sets"].items():
+        for c, kinds in per.items():
+            d = kinds["display"]
+            if d["lesions"] >= 20 and d["boxes"]:
+                lines.append(f"| {name} | {c} | {d['boxes']} | {d['right']:.2f} | {d['found']:.2f} |")
+    lines.append("")
     lines += ["## Grading on any camera", "",
               "`benchmarks/results/grading_cameras.json` and its table `benchmarks/results/grading_cameras.md`, written by",
               "`python benchmarks/grading_cameras.py` (command in the file); [grading.md](grading.md) explains the rows.", ""]

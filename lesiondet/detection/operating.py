@@ -33,21 +33,29 @@ class OperatingPoint:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     purpose: str = f"one score ({DEFAULT_SCORE}) for every class: the checkpoint stores no operating point"
     default: float = DEFAULT_SCORE
+    #: thresholds for a photograph whose retina is read below the working scale (a small field of view,
+    #: enlarged at most ``tiling.zoom``), where they differ: a microaneurysm is then a few pixels across
+    small: Mapping[str, float] = field(default_factory=dict)
 
-    def threshold(self, label: str) -> float:
+    def threshold(self, label: str, small: bool = False) -> float:
+        if small and label in self.small:
+            return float(self.small[label])
         return float(self.thresholds.get(label, self.default))
 
     @property
     def lowest(self) -> float:
-        return min([self.default, *map(float, self.thresholds.values())])
+        return min([self.default, *map(float, self.thresholds.values()), *map(float, self.small.values())])
 
     def keep(self, objects: Iterable[VocObject]) -> list[VocObject]:
         """The objects at or above their class's threshold (ground truth, without a score, always)."""
         return [o for o in objects if o.score is None or o.score >= self.threshold(o.label)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"thresholds": {k: round(float(v), 4) for k, v in self.thresholds.items()},
-                "default": self.default, "purpose": self.purpose}
+        d = {"thresholds": {k: round(float(v), 4) for k, v in self.thresholds.items()},
+             "default": self.default, "purpose": self.purpose}
+        if self.small:
+            d["small"] = {k: round(float(v), 4) for k, v in self.small.items()}
+        return d
 
     @classmethod
     def uniform(cls, score: float, why: str = "") -> "OperatingPoint":
@@ -59,7 +67,8 @@ class OperatingPoint:
             return cls()
         try:
             thresholds = {str(k): float(v) for k, v in dict(d["thresholds"]).items()}
-            return cls(thresholds, str(d.get("purpose", "")), float(d.get("default", DEFAULT_SCORE)))
+            small = {str(k): float(v) for k, v in dict(d.get("small") or {}).items()}
+            return cls(thresholds, str(d.get("purpose", "")), float(d.get("default", DEFAULT_SCORE)), small)
         except (KeyError, TypeError, ValueError):
             raise LesiondetError(source, "its operating point is malformed (need 'thresholds: {class: score}')",
                                  "store it again with 'lesiondet calibrate'") from None
@@ -92,18 +101,20 @@ class DiscCheck:
         return d
 
 
-def flag_boxes(objects: Iterable[VocObject], counted: OperatingPoint, shown: OperatingPoint) -> list[VocObject]:
+def flag_boxes(objects: Iterable[VocObject], counted: OperatingPoint, shown: OperatingPoint,
+               small: bool = False) -> list[VocObject]:
     """Detections flagged ``counted`` (at or above ``counted``'s threshold) and ``shown`` (``shown``'s).
 
     The rules read the counted boxes; the drawing shows both kinds. A box that is neither is
-    dropped. Ground truth (no score) passes unflagged.
+    dropped. Ground truth (no score) passes unflagged. ``small``: the photograph was read below the
+    working scale, so ``shown``'s thresholds for small photographs apply.
     """
     out = []
     for o in objects:
         if o.score is None:
             out.append(o)
             continue
-        c, s = o.score >= counted.threshold(o.label), o.score >= shown.threshold(o.label)
+        c, s = o.score >= counted.threshold(o.label), o.score >= shown.threshold(o.label, small)
         if c or s:
             out.append(replace(o, counted=c, shown=s))
     return out
@@ -207,19 +218,25 @@ def as_class(records: Sequence[VocRecord], cls: str, partial: Mapping[str, Seque
 
 def displayed_across(sets: Mapping[str, tuple[Sequence[VocRecord], Sequence[VocRecord]]], classes: Sequence[str],
                      precision: float, keep: OperatingPoint, partial: Mapping[str, Sequence[str]] | None = None,
-                     min_lesions: int = 100) -> tuple[OperatingPoint, dict[str, dict[str, float]]]:
+                     min_lesions: int = 100, small_sets: Iterable[str] = ()
+                     ) -> tuple[OperatingPoint, dict[str, dict[str, float]]]:
     """Display thresholds that hold on every camera: per class, the highest of the per-set thresholds.
 
     ``sets`` maps a validation set's name to ``(ground truth, predictions)``. Per class, each set with
     at least ``min_lesions`` lesions of it (partial labels read as the class, ``as_class``) gives the
-    lowest score at which ``precision`` of its boxes drawn are right (``threshold_at_precision``). A
-    threshold chosen on one camera's photographs does not carry to another's (the HE threshold chosen
-    on IDRiD and HEI-MED drew 0.31 right on new IDRiD photographs), so the drawing takes the most
-    conservative. A class no set has enough of keeps ``keep``'s threshold (OD: the one-disc rule
-    decides it). Returns the point and, per class, each set's own threshold.
+    lowest score at which ``precision`` of its boxes drawn are right (``threshold_at_precision``; 1.0
+    when none is). A threshold chosen on one camera's photographs does not carry to another's (the HE
+    threshold chosen on IDRiD and HEI-MED drew 0.31 right on new IDRiD photographs), so the drawing
+    takes the most conservative. When that is 1.0 (no score draws the class right often enough on
+    some camera), the class is drawn by scale instead: photographs read at the working scale take
+    the highest threshold of the sets read there, and photographs read below it (``small_sets``:
+    small fields of view, enlarged) the highest of theirs, so a class that cannot be drawn on small
+    photographs is still drawn on large ones. A class no set has enough of keeps ``keep``'s threshold
+    (OD: the one-disc rule decides it). Returns the point and, per class, each set's own threshold.
     """
-    partial = partial or {}
+    partial, small_sets = partial or {}, set(small_sets)
     thresholds = {c: keep.threshold(c) for c in classes}
+    small: dict[str, float] = {}
     per_set: dict[str, dict[str, float]] = {}
     for c in classes:
         if c == "OD":
@@ -228,13 +245,20 @@ def displayed_across(sets: Mapping[str, tuple[Sequence[VocRecord], Sequence[VocR
             g = as_class(gt, c, partial)
             if sum(o.label == c for r in g for o in r.objects) >= min_lesions:
                 per_set.setdefault(c, {})[name] = threshold_at_precision(g, preds, c, precision)
-        if c in per_set:
-            thresholds[c] = max(per_set[c].values())
+        if c not in per_set:
+            continue
+        thresholds[c] = max(per_set[c].values())
+        large = [t for n, t in per_set[c].items() if n not in small_sets]
+        if thresholds[c] >= 1.0 and large and max(large) < 1.0:
+            thresholds[c] = max(large)
+            small[c] = max(t for n, t in per_set[c].items() if n in small_sets)
     chose = "; ".join(f"{c}: " + ", ".join(f"{n} {t:.3f}" for n, t in v.items()) for c, v in per_set.items())
+    by_scale = (f"; by scale for {', '.join(small)}: photographs read below the working scale (as "
+                f"{', '.join(sorted(small_sets))}) draw only what is counted" if small else "")
     return OperatingPoint(thresholds, f"per class, the highest of each validation set's lowest score at which at "
                           f"least {precision:g} of the boxes drawn hit a lesion of their class (centre-or-IoU-0.2; "
-                          f"sets with at least {min_lesions} lesions of the class: {chose}); other classes as counted"
-                          ), per_set
+                          f"sets with at least {min_lesions} lesions of the class: {chose}){by_scale}; other classes "
+                          "as counted", small={c: max(t, keep.threshold(c)) for c, t in small.items()}), per_set
 
 
 def calibrated(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: Sequence[str],
@@ -322,4 +346,5 @@ def recalibrated(gt: Sequence[VocRecord], preds: Sequence[VocRecord], classes: S
     purpose = (f"re-chosen after fine-tuning on {what} where a class has enough lesions ({fp_per_image:g} false "
                f"positive(s) per photograph counted, {precision:g} of drawn boxes right); the start's thresholds "
                "elsewhere")
-    return OperatingPoint(c_thr, purpose), OperatingPoint(s_thr, purpose), notes
+    # the start's thresholds for small photographs stay: a few validation photographs do not re-choose them
+    return OperatingPoint(c_thr, purpose), OperatingPoint(s_thr, purpose, small=dict(shown.small)), notes

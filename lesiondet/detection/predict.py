@@ -13,7 +13,7 @@ from lesiondet.detection.data import to_tensor
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections
 from lesiondet.detection.model import CHECKPOINT_FORMAT, detector_from_checkpoint
 from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy, flag_boxes
-from lesiondet.detection.scale import retina_factor, to_working, working_tiling
+from lesiondet.detection.scale import below_working_scale, retina_factor, to_working, working_tiling
 from lesiondet.detection.slicing import (
     big_enough,
     fov_share,
@@ -361,22 +361,23 @@ class Predictor:
                                  lambda p: export(self.weights, "onnx", p, trust_legacy=trust_legacy),
                                  lambda p: OnnxDetector(p, EXPORT_SCORE, threads), backend)
 
-    def report(self, objects: list[VocObject]) -> tuple[list[VocObject], DiscCheck]:
+    def report(self, objects: list[VocObject], small: bool = False) -> tuple[list[VocObject], DiscCheck]:
         """Raw detections → what is reported, and the disc decision.
 
         The anatomy rules, then each box flagged ``counted`` (at or above the operating point: the
-        grading rules read it) and ``shown`` (at or above the display threshold: drawn); a box that
-        is neither is dropped.
+        grading rules read it) and ``shown`` (at or above the display threshold, the one for small
+        photographs when ``small``: drawn); a box that is neither is dropped.
         """
         kept, disc = apply_anatomy(objects, self.operating_point, self.tiling["disc_core"])
-        return flag_boxes(kept, self.operating_point, self.shown_point), disc
+        return flag_boxes(kept, self.operating_point, self.shown_point, small), disc
 
     @torch.inference_mode()
     def detect(self, img: np.ndarray, image_path: str | Path = "image") -> tuple[VocRecord, DiscCheck]:
         """The reported detections for one image, and what the one-disc rule decided."""
         out = sliced_predict(self.model, img, self.tiling, self.device)
         h, w = img.shape[:2]
-        objs, disc = self.report(detections_from_output(out, self.classes, self.network_score))
+        small = bool(self.shown_point.small) and below_working_scale(img, self.tiling)
+        objs, disc = self.report(detections_from_output(out, self.classes, self.network_score), small)
         return VocRecord(Path(image_path), w, h, tuple(objs)), disc
 
     def predict_array(self, img: np.ndarray, image_path: str | Path = "image") -> VocRecord:

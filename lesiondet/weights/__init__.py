@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 #: file name → SHA-256 of the shipped file.
 SHIPPED: dict[str, str] = {
-    "detector.pt": "28dea368cb271b6b1c3efdfee2ae5d40d5722b77681ed00861550412e2fe73cd",
+    "detector.pt": "47bfe9c661eadc00cda5c4e15bdf1736c44a88c64b0ac950fd9f5631d0a2e59c",
     "grader.pt": "aba4c7e16105f69f995d892c567e9ca2a6e91c48a5e1089a15c97233739a5e20",
     "oct.pt": "9137787d9e2bc8b4a10063439fae4be5c7d30f4ba12a0200a453dccc40d8ed79",
     "fluid.pt": "d84ff66c2dcfbcdaca1769a464099c3e70153f22a0d5cc462c2ba85b759140f5",

@@ -121,6 +121,38 @@ def test_the_drawing_takes_the_threshold_that_holds_on_every_camera():
     assert per_set == {"MA": {"hard": pytest.approx(0.9)}}
 
 
+def test_a_class_no_small_photograph_draws_right_is_drawn_by_scale():
+    gt = [_rec("a", [VocObject("MA", (10, 10, 14, 14))])]
+    large = [_rec("a", [VocObject("MA", (10, 10, 14, 14), score=0.5)])]
+    small = [_rec("a", [VocObject("MA", (60, 60, 64, 64), score=0.9)])]  # never right on the small camera
+    op, per_set = displayed_across({"big": (gt, large), "phone": (gt, small)}, ["MA"], 0.5,
+                                   keep=OperatingPoint({"MA": 0.6}), min_lesions=1, small_sets={"phone"})
+    assert per_set == {"MA": {"big": pytest.approx(0.5), "phone": 1.0}}
+    assert op.threshold("MA") == pytest.approx(0.5)  # at the working scale: what holds there
+    assert op.threshold("MA", small=True) == 1.0  # below it: only what is counted is drawn
+    assert OperatingPoint.from_dict(op.to_dict()).small == {"MA": 1.0}  # stored with the checkpoint
+    boxes = [VocObject("MA", (0, 0, 4, 4), score=0.55)]
+    assert flag_boxes(boxes, OperatingPoint({"MA": 0.6}), op)[0].shown is True
+    assert flag_boxes(boxes, OperatingPoint({"MA": 0.6}), op, small=True) == []  # neither counted nor shown
+
+
+def test_a_small_field_of_view_is_read_below_the_working_scale():
+    import numpy as np
+
+    from lesiondet.detection.scale import below_working_scale
+
+    tiling = {"retina_px": 2200, "zoom": 1.3, "max_zoom": 4.0}
+    def disc(side: int) -> np.ndarray:
+        import cv2
+
+        img = np.zeros((side, side, 3), np.uint8)
+        cv2.circle(img, (side // 2, side // 2), int(side * 0.45), (180, 90, 40), -1)
+        return img
+    assert below_working_scale(disc(1024), tiling)  # a 920-px retina, enlarged 1.3x: 1,200 px
+    assert not below_working_scale(disc(3000), tiling)  # a 2,700-px retina is shrunk to 2,200
+    assert not below_working_scale(disc(1024), {**tiling, "retina_px": None})  # native scale: no notion
+
+
 def test_a_partial_label_is_read_as_each_of_its_members_for_the_drawing():
     gt = [_rec("a", [VocObject("HE_MA", (10, 10, 30, 30))])]
     preds = [_rec("a", [VocObject("HE", (12, 12, 28, 28), score=0.7), VocObject("HE", (60, 60, 70, 70), score=0.4)])]
