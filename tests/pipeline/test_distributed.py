@@ -164,7 +164,7 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     from lesiondet.pipeline import distributed
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(LesiondetError, match=r"pip install 'lesiondet\[ray\]'"):
+    with pytest.raises(LesiondetError, match=r"pip install -e '\.\[ray\]'"):
         distributed._ray()
 
 
