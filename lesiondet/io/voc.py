@@ -105,13 +105,17 @@ def split_folders(path: str | Path) -> dict[str, Path] | None:
     """``{"train": ..., "val": ..., ["test": ...]}`` when ``path`` holds ``train/`` and ``val/`` labelImg
     folders (each with its .xml, or an ``Annotations/``); None for a plain labelImg folder."""
     path = Path(path)
-    if not path.is_dir() or any(p.suffix.lower() == ".xml" for p in path.iterdir()) or (path / "Annotations").is_dir():
+
+    def xml_in(d: Path) -> bool:
+        return any(p.suffix.lower() == ".xml" for p in d.iterdir())
+
+    try:  # a folder that cannot be listed is not split; reading it says why, in one line
+        if not path.is_dir() or xml_in(path) or (path / "Annotations").is_dir():
+            return None
+        found = {name: path / name for name in SPLITS
+                 if (path / name).is_dir() and ((path / name / "Annotations").is_dir() or xml_in(path / name))}
+    except OSError:
         return None
-
-    def labelled(d: Path) -> bool:
-        return d.is_dir() and ((d / "Annotations").is_dir() or any(p.suffix.lower() == ".xml" for p in d.iterdir()))
-
-    found = {name: path / name for name in SPLITS if labelled(path / name)}
     return found if {"train", "val"} <= set(found) else None
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from lesiondet.cli import main
-from lesiondet.detection.metrics import coco_map
 from lesiondet.io.convert import (
     coco_to_records,
     components,
@@ -84,11 +83,10 @@ def test_shared_sets_survive_voc_coco_voc_and_voc_yolo_voc(shared_data, tmp_path
     assert _boxes(via_coco) == _boxes(original)
     strip = {k: [(lab, box) for lab, box, _ in v] for k, v in _boxes(original).items()}
     assert {k: [(lab, box) for lab, box, _ in v] for k, v in _boxes(via_yolo).items()} == strip
-    for back in (via_coco, via_yolo):  # back through a labelImg folder, scored GT against GT
+    for back in (via_coco, via_yolo):  # back through a labelImg folder: the same boxes, read as labelImg's
         folder = write_labelimg_folder(back, classes, tmp_path / f"voc{len(list(tmp_path.iterdir()))}")
         again = read_voc_dir(folder, lm)
-        assert coco_map(original, [r.with_objects(o.__class__(o.label, o.box, False, 1.0) for o in r.objects)
-                                   for r in again], classes)["mAP"] == pytest.approx(1.0)
+        assert {k: [(lab, box) for lab, box, _ in v] for k, v in _boxes(again).items()} == strip
 
 
 def test_a_coco_file_pycocotools_writes_converts(tmp_path):

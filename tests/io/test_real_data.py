@@ -23,6 +23,10 @@ def test_shared_dataset_reads_and_scores_perfectly_against_itself(shared_data, n
     assert all(r.image_path.is_file() for r in recs)
     assert all(0 <= o.box[0] < o.box[2] <= r.width and 0 <= o.box[1] < o.box[3] <= r.height
                for r in recs for o in r.objects)
+    # pycocotools on the first 12 photographs: IDRiD's 12-megapixel masks give thousands of boxes, and the
+    # claim (a set scored against itself is 1.0 for each class it has) does not need them all
+    recs = recs[:12] + [r for r in recs[12:] if any(o.label not in {x.label for q in recs[:12] for x in q.objects}
+                                                     for o in r.objects)][:2]
     result = coco_map(recs, recs, list(classes))
     assert result["mAP"] == pytest.approx(1.0) and result["mAP50"] == pytest.approx(1.0)
     for c in classes:
