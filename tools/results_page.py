@@ -63,7 +63,8 @@ def models_table() -> str:
         ("`oct.pt`: CNV / DME / DRUSEN / NORMAL",
          f"accuracy {f3(fig('oct_classifier.json', 'kermany_accuracy'))} on 318 Kermany scans, "
          f"{f3(fig('oct_classifier.json', 'four_class_accuracy'))} on the 46 four-class ones (patient-grouped CV)",
-         "not measured alone", mb("oct.pt"), "`python benchmarks/oct_classifier.py`"),
+         f"{fig('oct_classifier.json', 'seconds_per_scan'):.2f} s per scan in a folder run", mb("oct.pt"),
+         "`python benchmarks/oct_classifier.py`"),
         ("`fluid.pt`: DME fluid outline",
          f"Dice {f3(fig('oct_fluid.json', 'pooled_dice'))} pooled, worst subject "
          f"{fig('oct_fluid.json', 'worst_subject_dice'):.2f} (8 subjects, subject-grouped CV)",
