@@ -133,21 +133,18 @@ def display_point(detector: Path, op, precision: float, sets_arg: str = DISPLAY_
 def small_sets(detector: Path, sets: dict) -> set[str]:
     """The sets most of whose photographs the detector reads below its working scale (small fields of view)."""
     from lesiondet.detection.predict import checkpoint_tiling
-    from lesiondet.detection.scale import factor_for
+    from lesiondet.detection.scale import reads_below
     from lesiondet.engine.checkpoint import load_checkpoint
     from lesiondet.images import fov_diameter, read_thumbnail
 
     tiling = checkpoint_tiling(load_checkpoint(detector))
-    out = set()
-    for name, (records, _) in sets.items():
-        below = 0
-        for r in records:
-            img, s = read_thumbnail(r.image_path)
-            d = fov_diameter(img) / s
-            below += d * factor_for(d, tiling) < 0.95 * tiling["retina_px"]
-        if below > len(records) / 2:
-            out.add(name)
-    return out
+
+    def diameter(path) -> float:  # on a thumbnail, as training sizes its epoch
+        img, s = read_thumbnail(path)
+        return fov_diameter(img) / s
+
+    return {name for name, (records, _) in sets.items()
+            if sum(reads_below(diameter(r.image_path), tiling) for r in records) > len(records) / 2}
 
 
 def rule_grade(c: dict, op, disc_core: float = 0.8):

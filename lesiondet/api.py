@@ -363,10 +363,9 @@ def evaluate(voc: str | Path | None = None, *, weights: str | Path | None = None
     scored on what.
     """
     from lesiondet.detection.metrics import evaluate_detections, json_safe
-    from lesiondet.fileio import write_json
+    from lesiondet.fileio import latest_run, write_json
     from lesiondet.grading.learned import grade_agreement, plot_confusion
     from lesiondet.io.labels import LabelMap, load_label_map
-    from lesiondet.fileio import latest_run
     from lesiondet.io.voc import parse_voc, present_labels, read_voc_dir
     from lesiondet.reporting.plots import plot_froc, plot_pr_curves
 
@@ -386,16 +385,17 @@ def evaluate(voc: str | Path | None = None, *, weights: str | Path | None = None
         classes = predictor.classes
         label_map = (load_label_map(labels) if labels
                      else LabelMap.from_dict({**predictor.label_map, "default_aliases": True}, str(weights)))
-        where: Any = voc if voc is not None else _heldout(weights)
-        gt = (read_voc_dir(where, label_map, images) if isinstance(where, (str, Path))
-              else [parse_voc(x, label_map, images) for x in where])
-        log(f"scoring {weights} on " + (f"{where}" if isinstance(where, (str, Path))
-                                        else f"the {len(where)} photographs its run held out of training")
-            + ("" if voc is not None else " (the split its training run held out)"))
+        where: Any = voc if voc is not None else _heldout(predictor.config, weights)
+        if isinstance(where, (str, Path)):
+            gt, on = read_voc_dir(where, label_map, images), str(where)
+        else:  # the validation photographs of a split, listed by their XML files
+            gt = [parse_voc(x, label_map, images) for x in where]
+            on = f"{len(gt)} held-out photographs of the run"
+        log(f"scoring {weights} on {on}" + ("" if voc is not None else " (the split its training run held out)"))
         preds = predictor.predict_records(gt, progress=progress)
     else:
         label_map = load_label_map(labels)
-        gt = read_voc_dir(voc, label_map, images)
+        gt, on = read_voc_dir(voc, label_map, images), str(voc)
         preds = read_voc_dir(pred, label_map, need_image=False)
         # Predictions that use a partial label (an older model's HE_MA) are scored as they are; predictions of
         # its members are merged into it by evaluate_detections.
@@ -408,9 +408,7 @@ def evaluate(voc: str | Path | None = None, *, weights: str | Path | None = None
                  else 0.3 if grade_score is None else grade_score)
     result["grade_agreement"] = ga = grade_agreement(gt, preds, keep)
     result["n_images"] = len(gt)
-    result["scored"] = {"weights": weights and str(weights), "pred": pred and str(pred),
-                        "on": str(where) if weights is not None and isinstance(where, (str, Path)) else
-                        str(voc) if voc is not None else f"{len(gt)} held-out photographs of the run"}
+    result["scored"] = {"weights": weights and str(weights), "pred": pred and str(pred), "on": on}
     figs = next_run_dir(Path(out).parent, Path(out).name)
     plot_pr_curves(figs / "pr_curves.png", result)
     plot_froc(figs / "froc.png", result)
@@ -422,11 +420,10 @@ def evaluate(voc: str | Path | None = None, *, weights: str | Path | None = None
     return result
 
 
-def _heldout(weights: str | Path) -> str | list[str]:
-    """What a checkpoint's training run held out (``data.heldout``): a folder, or its validation XML files."""
-    from lesiondet.engine.checkpoint import load_checkpoint
-
-    held = ((load_checkpoint(weights).get("config") or {}).get("data") or {}).get("heldout")
+def _heldout(config: dict[str, Any], weights: str | Path) -> str | list[str]:
+    """What a checkpoint's training run held out (``data.heldout`` of its ``config``): a folder, or its
+    validation XML files."""
+    held = ((config or {}).get("data") or {}).get("heldout")
     if not held:
         raise LesiondetError(weights, "this checkpoint does not record photographs its training held out",
                              "pass --voc with the ground truth to score it on")

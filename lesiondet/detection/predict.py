@@ -13,7 +13,7 @@ from lesiondet.detection.data import to_tensor
 from lesiondet.detection.merging import drop_cut_boxes, merge_detections
 from lesiondet.detection.model import CHECKPOINT_FORMAT, detector_from_checkpoint
 from lesiondet.detection.operating import DiscCheck, OperatingPoint, apply_anatomy, flag_boxes
-from lesiondet.detection.scale import below_working_scale, retina_factor, to_working, working_tiling
+from lesiondet.detection.scale import factor_for, reads_below, retina_factor, to_working, working_tiling
 from lesiondet.detection.slicing import (
     big_enough,
     fov_share,
@@ -26,7 +26,7 @@ from lesiondet.detection.slicing import (
 from lesiondet.device import resolve_device
 from lesiondet.engine.checkpoint import load_checkpoint
 from lesiondet.errors import LesiondetError
-from lesiondet.images import read_rgb, shrink
+from lesiondet.images import fov_diameter, read_rgb, shrink
 from lesiondet.io.voc import VocObject, VocRecord
 from lesiondet.progress import progress as progress_bar
 
@@ -155,7 +155,7 @@ def _tile_passes(model, img, t, device, add) -> None:
 
 @torch.inference_mode()
 def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str, Any], device: torch.device,
-                   max_det: int = 1000) -> dict[str, torch.Tensor]:
+                   max_det: int = 1000, diameter: float | None = None) -> dict[str, torch.Tensor]:
     """Detections for one image, in its pixel coordinates, the way ``tiling`` says.
 
     With ``retina_px``, ``img`` is first resized to its working size (``detection.scale``).
@@ -164,9 +164,11 @@ def sliced_predict(model: torch.nn.Module, img: np.ndarray, tiling: Mapping[str,
     by a tile edge are dropped when the whole-image pass is on, then everything
     (with ``tta``, the mirrored passes too) is merged per class. Not sliced:
     one pass, either the whole image shrunk to the tile (``slice: auto``, as in
-    training) or at native size times zoom (``slice: false``).
+    training) or at native size times zoom (``slice: false``). ``diameter``: the field of view's, when the
+    caller has measured it already.
     """
-    factor = retina_factor(img, tiling)
+    factor = (factor_for(diameter, tiling) if diameter is not None and tiling.get("retina_px")
+              else retina_factor(img, tiling))
     if factor is not None:  # the same steps on the working image, its boxes mapped back at the end
         work, sx, sy = to_working(img, factor)
         out = sliced_predict(model, work, working_tiling(tiling), device, max_det)
@@ -374,9 +376,11 @@ class Predictor:
     @torch.inference_mode()
     def detect(self, img: np.ndarray, image_path: str | Path = "image") -> tuple[VocRecord, DiscCheck]:
         """The reported detections for one image, and what the one-disc rule decided."""
-        out = sliced_predict(self.model, img, self.tiling, self.device)
+        # the field of view, measured once: it sets the working scale and which display thresholds apply
+        d = fov_diameter(img) if self.tiling.get("retina_px") else None
+        out = sliced_predict(self.model, img, self.tiling, self.device, diameter=d)
         h, w = img.shape[:2]
-        small = bool(self.shown_point.small) and below_working_scale(img, self.tiling)
+        small = d is not None and reads_below(d, self.tiling)
         objs, disc = self.report(detections_from_output(out, self.classes, self.network_score), small)
         return VocRecord(Path(image_path), w, h, tuple(objs)), disc
 

@@ -39,13 +39,15 @@ def retina_factor(img: np.ndarray, tiling: Mapping[str, Any]) -> float | None:
     return factor_for(fov_diameter(img), tiling) if tiling.get("retina_px") else None
 
 
+def reads_below(diameter: float, tiling: Mapping[str, Any]) -> bool:
+    """Whether a field of view ``diameter`` px across is read smaller than ``retina_px`` (enlarged by the
+    most ``zoom`` allows, it falls short): a 1024-px screening photograph, not a 12-megapixel one."""
+    return bool(tiling.get("retina_px")) and diameter * factor_for(diameter, tiling) < 0.95 * float(tiling["retina_px"])
+
+
 def below_working_scale(img: np.ndarray, tiling: Mapping[str, Any]) -> bool:
-    """Whether ``img``'s retina is read smaller than ``retina_px`` (its field of view enlarged by the
-    most ``zoom`` allows falls short): a 1024-px screening photograph, not a 12-megapixel one."""
-    if not tiling.get("retina_px"):
-        return False
-    d = fov_diameter(img)
-    return d * factor_for(d, tiling) < 0.95 * float(tiling["retina_px"])
+    """``reads_below`` for ``img``'s field of view."""
+    return bool(tiling.get("retina_px")) and reads_below(fov_diameter(img), tiling)
 
 
 def retina_factor_of(path: str | Path, tiling: Mapping[str, Any]) -> float | None:
